@@ -1,0 +1,41 @@
+"""Hydra entry point: compose the config, run one training job, return its final loss.
+
+    python launch.py                                  # the embedded demo (tiny model, CPU)
+    python launch.py precision=fp16 optim.grad_clip=0.5
+    python launch.py --cfg job                        # show the composed config
+    torchrun --nproc_per_node 8 launch.py dist=ddp    # DDP
+    python launch.py -m optim.grad_clip=0.3,1.0 hydra/launcher=slurm   # a SLURM sweep
+
+The wiring lives in ``minimind/train.py`` so that submitit can pickle this task by
+reference and tests call exactly what the CLI calls. Importing this file must stay cheap
+(no torch, no wandb): ``--help`` and ``--cfg job`` never reach ``train.run``.
+"""
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from minimind.config import register_configs
+
+register_configs()
+
+
+def _quiet_nonzero_ranks() -> None:
+    """Under torchrun every rank composes the config; only rank 0 writes .hydra/."""
+    if int(os.environ.get("RANK", "0")) > 0 and not any(a.startswith("hydra.output_subdir=")
+                                                       for a in sys.argv):
+        sys.argv.append("hydra.output_subdir=null")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from minimind.train import run_cli
+
+    return run_cli(cfg)
+
+
+if __name__ == "__main__":
+    _quiet_nonzero_ranks()
+    main()

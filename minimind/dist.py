@@ -1,0 +1,174 @@
+"""Process group from torchrun's or SLURM's environment, and the few collectives the loop uses.
+
+One code path for both launchers: torchrun exports RANK / LOCAL_RANK / WORLD_SIZE /
+MASTER_ADDR / MASTER_PORT; a SLURM task (srun, or submitit's launcher) has SLURM_PROCID /
+SLURM_LOCALID / SLURM_NTASKS / SLURM_JOB_NODELIST, which submitit's SlurmJobEnvironment turns
+into the same numbers (master = first host of the node list, port derived from the job id as
+submitit's TorchDistributedEnvironment does). nccl on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as tdist
+
+from minimind.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device} is invalid: no CUDA device is visible here; "
+                              "valid: cpu, auto")
+        if device == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(device)
+
+
+def launcher_env() -> Optional[dict]:
+    """Rank layout from torchrun or a multi-task SLURM step; None for a single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return {
+            "rank": int(env["RANK"]),
+            "world_size": int(env["WORLD_SIZE"]),
+            "local_rank": int(env.get("LOCAL_RANK", 0)),
+            "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
+            "master_port": int(env.get("MASTER_PORT", 29500)),
+            "launcher": "torchrun",
+        }
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        job = SlurmJobEnvironment()
+        port = env.get("MASTER_PORT")
+        if port is None:  # the same rule as submitit.helpers.TorchDistributedEnvironment
+            port = random.Random(job.job_id).randint(20000, 60000)
+        return {
+            "rank": job.global_rank,
+            "world_size": job.num_tasks,
+            "local_rank": job.local_rank,
+            "master_addr": job.hostnames[0],
+            "master_port": int(port),
+            "launcher": "slurm",
+        }
+    return None
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job. With ``world_size == 1`` every collective is a no-op."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    ddp: bool = False
+    backend: Optional[str] = None
+    launcher: str = "single"
+    bucket_cap_mb: int = 25
+    find_unused_parameters: bool = False
+    timeout_s: int = 600
+    _control: Any = None  # a gloo group for host-side flags (stop requests), even under nccl
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, bucket_cap_mb=self.bucket_cap_mb,
+                   find_unused_parameters=self.find_unused_parameters)
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        return t
+
+    def any_flag(self, flag: bool) -> bool:
+        """True if any rank raised ``flag``: a CPU all-reduce on the gloo control group, so it
+        never waits for the GPU queue."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=self._control)
+        return bool(t.item())
+
+    def gather_objects(self, obj: Any) -> List[Any]:
+        if not self.distributed:
+            return [obj]
+        out: List[Any] = [None] * self.world_size
+        tdist.all_gather_object(out, obj, group=self._control)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.distributed:
+            return obj
+        box = [obj]
+        tdist.broadcast_object_list(box, src=0, group=self._control)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            tdist.barrier(group=self._control)
+
+    def destroy(self) -> None:
+        if tdist.is_available() and tdist.is_initialized():
+            try:
+                tdist.destroy_process_group()
+            except Exception as e:  # noqa: BLE001 - teardown must never mask the real error
+                log.debug("destroy_process_group failed: %s", e)
+
+
+def setup(ddp: bool = False, backend: str = "auto", timeout_s: int = 600, bucket_cap_mb: int = 25,
+          find_unused_parameters: bool = False, device: str = "auto") -> DistContext:
+    """The ``dist`` node's target: read the launcher's environment, start the process group."""
+    env = launcher_env()
+    if env is None or env["world_size"] == 1:
+        if ddp:
+            log.info("dist=ddp but only one process was launched: training without DDP "
+                     "(start with torchrun --nproc_per_node N or SLURM tasks for more)")
+        return DistContext(device=resolve_device(device), timeout_s=timeout_s)
+    if not ddp:
+        raise ConfigError(
+            f"dist=none but the {env['launcher']} launcher started {env['world_size']} processes "
+            f"(WORLD_SIZE={env['world_size']}): add dist=ddp, or start one process")
+    dev = resolve_device(device, env["local_rank"])
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"dist.backend={backend!r} is invalid: valid: auto, nccl, gloo")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    tdist.init_process_group(
+        backend=backend, init_method=f"tcp://{env['master_addr']}:{env['master_port']}",
+        rank=env["rank"], world_size=env["world_size"], timeout=timeout,
+        device_id=dev if backend == "nccl" else None)
+    control = tdist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+    ctx = DistContext(rank=env["rank"], local_rank=env["local_rank"], world_size=env["world_size"],
+                      device=dev, ddp=True, backend=backend, launcher=env["launcher"],
+                      bucket_cap_mb=bucket_cap_mb, find_unused_parameters=find_unused_parameters,
+                      timeout_s=timeout_s, _control=control)
+    log.info("DDP: rank %d/%d (local %d) on %s, backend %s, launcher %s", ctx.rank,
+             ctx.world_size, ctx.local_rank, dev, backend, env["launcher"])
+    return ctx

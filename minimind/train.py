@@ -1,0 +1,263 @@
+"""One training job from a composed config: check, build the parts, hand them to the loop.
+
+    cfg  -> validate (cheap checks, no torch work)
+    dist       = instantiate(cfg.dist)                     rank, world size, device
+    dataset    = instantiate(cfg.data.dataset)             JSONL -> (input_ids, labels)
+    precision  = build_precision(cfg.precision)            autocast dtype + GradScaler
+    model      = instantiate(cfg.model)                    MiniMindForCausalLM (+ from_weight)
+    optimizer  = instantiate(cfg.optim.optimizer)(groups)  _partial_: AdamW
+    tracker    = instantiate(cfg.logger)                   console, metrics.jsonl, wandb
+    trainer    = instantiate(cfg.loop, ...)                owns the step; resumes if it can
+    return trainer.fit()                                   final loss, for sweepers
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from minimind.config import validate
+from minimind.errors import CheckpointError, ConfigError, UserError
+
+log = logging.getLogger("minimind")
+
+
+def _user_errors() -> tuple:
+    from minimind.data import DataError
+    from minimind.model import WeightsError
+
+    return (UserError, DataError, WeightsError)
+
+
+def rank_from_env() -> int:
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ and (key == "RANK" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+            return int(os.environ[key])
+    return 0
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(os.getcwd())
+
+
+def overrides_of() -> list:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+# --------------------------------------------------------------------------- pre-flight
+
+
+def preflight(cfg: DictConfig, run_dir: Path) -> None:
+    """Everything that can be refused without building anything: values, paths, resume."""
+    validate(cfg)
+    d = cfg.data
+    path = Path(d.path)
+    line = '{"text": ...}' if d.kind == "pretrain" else '{"conversations": [...]}'
+    if not path.is_file():
+        raise ConfigError(f"data.path={d.path!r}: no such file (expected a JSONL file with one "
+                          f"{line} object per line)")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"data.path={d.path!r} is empty: expected one JSON object per line")
+    if d.tokenizer is not None:
+        tok = Path(d.tokenizer)
+        if not (tok.is_dir() and (tok / "tokenizer.json").is_file()) and not (
+                tok.is_file() and tok.name.endswith(".json")):
+            raise ConfigError(f"data.tokenizer={d.tokenizer!r}: not a tokenizer directory (expected a "
+                              "folder with tokenizer.json and optionally tokenizer_config.json)")
+    fw = cfg.model.from_weight
+    if fw is not None and not Path(fw).is_file():
+        raise ConfigError(f"model.from_weight={fw!r}: no such file (expected a .pth or .safetensors "
+                          "state dict in upstream MiniMind's format)")
+    resume = str(cfg.loop.resume)
+    ckpt_dir = run_dir / "checkpoints"
+    if resume == "never" and ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*.pt")):
+        raise CheckpointError(
+            f"loop.resume=never but {ckpt_dir} already holds checkpoints; refusing to overwrite "
+            "them. Use loop.resume=auto to continue that run, or another hydra.run.dir")
+    if resume not in ("auto", "never") and not Path(resume).is_file():
+        raise ConfigError(f"loop.resume={resume!r}: no such checkpoint file (valid: auto, never, or "
+                          "the path of a checkpoint: <run dir>/checkpoints/step_N.pt or upstream's "
+                          "*_resume.pth)")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path):
+    """Build every part from ``cfg``; the returned Trainer owns the process group (``dist``)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from minimind.model import model_summary
+    from minimind.optim import build_optimizer
+    from minimind.precision import build_precision
+
+    preflight(cfg, run_dir)
+    dist = instantiate(cfg.dist, device=cfg.device)
+    try:
+        if not dist.is_main:
+            _silence_file_logs()
+        device = dist.device
+        if device.type == "cuda" and cfg.precision.dtype == "float32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        precision = build_precision(cfg.precision, device)
+
+        dataset = instantiate(cfg.data.dataset)
+        tokenizer = dataset.tokenizer
+        if cfg.model.vocab_size is None:
+            with open_dict(cfg):
+                cfg.model.vocab_size = tokenizer.vocab_size
+        elif cfg.model.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
+                f"({tokenizer.vocab_size} tokens in {tokenizer.path}); use model.vocab_size="
+                f"{tokenizer.vocab_size} or null (take the tokenizer's)")
+        log.info("data: %s (%s, %d samples, max_length %d)", cfg.data.path, cfg.data.kind,
+                 len(dataset), cfg.data.max_length)
+
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        model = instantiate(cfg.model).to(device)
+        log.info("%s", model_summary(model))
+        seed_everything(cfg.seed + dist.rank)
+
+        optimizer = build_optimizer(instantiate(cfg.optim.optimizer), model, cfg.optim.weight_decay,
+                                    device, decay_all=cfg.optim.decay_all_params)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        tracker = instantiate(cfg.logger, run_dir=str(run_dir), is_main=dist.is_main,
+                              config=config, progress=cfg.loop.progress)
+        return instantiate(
+            cfg.loop, _convert_="all",
+            model=model, optimizer=optimizer,
+            schedule=functools.partial(instantiate, cfg.optim.schedule),
+            precision=precision, dataset=dataset, dist=dist, tracker=tracker,
+            run_dir=str(run_dir), save_dir=cfg.loop.save_dir or str(run_dir),
+            grad_clip=cfg.optim.grad_clip, accumulation_steps=cfg.optim.accumulation_steps,
+            loss_normalization=cfg.optim.loss_normalization, batch_size=cfg.data.batch_size,
+            num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle, seed=cfg.seed,
+            config=config)
+    except BaseException:
+        dist.destroy()
+        raise
+
+
+def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+    """Build every part from ``cfg`` and train. Returns the trainer's summary."""
+    trainer = build_trainer(cfg, run_dir)
+    try:
+        final = trainer.fit()
+        summary = dict(trainer.summary, final_loss=final)
+        if trainer.dist.is_main:
+            _write_summary(run_dir, cfg, summary, trainer.tracker, trainer.raw_model)
+        return summary
+    finally:
+        trainer.dist.destroy()
+
+
+def _silence_file_logs() -> None:
+    """Ranks other than 0 keep warnings on the console but write no log file."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+    logging.getLogger("minimind").setLevel(logging.WARNING)
+
+
+def _write_summary(run_dir: Path, cfg: DictConfig, summary: Dict[str, Any], tracker, model) -> None:
+    from minimind.model import active_parameters, num_parameters
+
+    data = dict(summary)
+    data.update({
+        "overrides": overrides_of(),
+        "run_dir": str(run_dir),
+        "model_parameters": num_parameters(model),
+        "model_active_parameters": active_parameters(model),
+        "precision": cfg.precision.name,
+        "grad_clip": cfg.optim.grad_clip,
+        "accumulation_steps": cfg.optim.accumulation_steps,
+        "name": cfg.name,
+        "notes": cfg.notes,
+    })
+    tracker.summary(data)
+
+
+def _record_failure(run_dir: Path, error: BaseException) -> None:
+    """The report shows a failed job with the last line of its error: keep it in the run dir."""
+    if rank_from_env() != 0:
+        return
+    try:
+        from minimind.checkpoint import atomic_write_text
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        last = f"{type(error).__name__}: {error}".strip().splitlines()[-1]
+        with open(run_dir / "events.jsonl", "a") as f:
+            import time
+
+            f.write(json.dumps({"event": "failed", "time": time.time(), "error": last}) + "\n")
+        summary_path = run_dir / "summary.json"
+        data = {}
+        if summary_path.is_file():
+            try:
+                data = json.loads(summary_path.read_text())
+            except ValueError:
+                data = {}
+        data.update({"status": "failed", "error": last, "overrides": overrides_of(),
+                     "traceback": traceback.format_exc()})
+        atomic_write_text(summary_path, json.dumps(data, indent=2) + "\n")
+    except Exception as e:  # noqa: BLE001 - never hide the original error
+        log.debug("could not record the failure: %s", e)
+
+
+def run(cfg: DictConfig) -> float:
+    """The task function's body (tests call this): train and return the final loss."""
+    run_dir = run_dir_of(cfg)
+    try:
+        summary = build_and_fit(cfg, run_dir)
+    except BaseException as e:
+        if not isinstance(e, (SystemExit, KeyboardInterrupt)):
+            _record_failure(run_dir, e)
+        raise
+    return summary["final_loss"]
+
+
+def run_cli(cfg: DictConfig) -> Optional[float]:
+    """``launch.py``'s task: user errors become one line and exit code 2 (no traceback).
+
+    In a sweep (``-m``) the error is raised instead, so the launcher marks that job as failed
+    and the other jobs go on; ``HYDRA_FULL_ERROR=1`` always shows the traceback.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return run(cfg)
+    except _user_errors() as e:
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
+            raise
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)
