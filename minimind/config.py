@@ -129,6 +129,8 @@ class DataConfig:
     add_bos_eos: bool = True
     # error | skip: what to do with a line that is not valid JSON or lacks the expected keys
     on_bad_line: str = "error"
+    # drop each micro-batch's all-padding tail before the forward (same loss, less compute)
+    trim_padding: bool = True
     # tokenize the whole file once into a uint16 memory-mapped cache
     pretokenize: bool = False
     # where index / token caches go (null: next to the file, else ~/.cache/minimind)

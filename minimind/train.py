@@ -148,10 +148,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
         optimizer = build_optimizer(instantiate(cfg.optim.optimizer), model, cfg.optim.weight_decay,
                                     device, decay_all=cfg.optim.decay_all_params)
         config = OmegaConf.to_container(cfg, resolve=True)
-        tracker = instantiate(cfg.logger, run_dir=str(run_dir), is_main=dist.is_main,
-                              config=config, progress=cfg.loop.progress)
-        return instantiate(
-            cfg.loop, _convert_="all",
+        tracker = instantiate(cfg.logger, _partial_=True, _convert_="all")(
+            run_dir=str(run_dir), is_main=dist.is_main, progress=cfg.loop.progress)
+        tracker.config = config  # set after: instantiate would recurse into its _target_ nodes
+        # _partial_: the YAML's keys now, the built parts (which are not configs) in the call
+        trainer = instantiate(cfg.loop, _partial_=True, _convert_="all")(
             model=model, optimizer=optimizer,
             schedule=functools.partial(instantiate, cfg.optim.schedule),
             precision=precision, dataset=dataset, dist=dist, tracker=tracker,
@@ -159,7 +160,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
             grad_clip=cfg.optim.grad_clip, accumulation_steps=cfg.optim.accumulation_steps,
             loss_normalization=cfg.optim.loss_normalization, batch_size=cfg.data.batch_size,
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle, seed=cfg.seed,
-            config=config)
+            trim_padding=cfg.data.trim_padding)
+        trainer.config = config  # saved in every checkpoint
+        return trainer
     except BaseException:
         dist.destroy()
         raise

@@ -198,3 +198,20 @@ def test_weight_decay_only_on_matrices(cfg_factory, tmp_path):
 def test_fused_adamw_where_supported(cfg_factory, tmp_path):
     tr = make(cfg_factory, tmp_path)
     assert tr.optimizer.defaults.get("fused") is True  # CPU supports the fused kernel here
+
+
+def test_trimming_the_padding_tail_changes_nothing(cfg_factory, tmp_path):
+    from minimind.loop import trim_padding
+
+    full = make(cfg_factory, tmp_path / "a", "data.trim_padding=false", "data.max_length=128",
+                "optim.accumulation_steps=2")
+    trim = make(cfg_factory, tmp_path / "b", "data.trim_padding=true", "data.max_length=128",
+                "optim.accumulation_steps=2")
+    window = batches(full.dataset, 0, 4, 2)
+    x, y = trim_padding(*window[0])
+    assert x.shape[1] < 128 and x.shape[1] % 8 == 0  # the demo dialogues are short
+    assert (window[0][1][:, x.shape[1]:] == -100).all()
+    g_full, g_trim = capture_step_grads(full), capture_step_grads(trim)
+    full.train_step(window)
+    trim.train_step(window)
+    assert_grads_close(g_full[0], g_trim[0], rtol=1e-4, atol=1e-6)
