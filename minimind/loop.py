@@ -147,7 +147,9 @@ class Trainer:
         self.epoch = 0                 # current epoch (0-based)
         self.samples_in_epoch = 0      # samples of this epoch already trained on, all ranks
         self.global_step = 0           # optimizer steps done
-        self.tokens_seen = 0           # input positions processed, all ranks
+        self.tokens_seen = 0           # input positions processed, all ranks (synced at log/save)
+        self._pending_tokens = 0       # this rank's positions since the last sync
+        self._interval_tokens = 0      # all ranks' positions since the last log line
         self.wandb_id: Optional[str] = None
         self.resumed_from: Optional[str] = None
         self.last_saved_step = -1
@@ -275,7 +277,7 @@ class Trainer:
             self._first_bad_step = torch.where((self._first_bad_step < 0) & finite.logical_not(),
                                                torch.tensor(self.global_step + 1, device=self.device),
                                                self._first_bad_step)
-        self.tokens_seen += tokens * self.dist.world_size
+        self._pending_tokens += tokens
         self.lr = lr
 
     def _after_nan_skip(self) -> None:
@@ -307,9 +309,22 @@ class Trainer:
 
     # ================================================================== logging
 
-    def _log(self, t_start: float, interval_t0: float, interval_tokens: int, steps_this_run: int,
+    def _sync_tokens(self) -> int:
+        """Fold every rank's processed positions into ``tokens_seen``; returns the increase."""
+        pending = self._pending_tokens
+        if self.dist.distributed:
+            pending = int(self.dist.all_reduce_sum(torch.tensor(pending, dtype=torch.int64,
+                                                                device=self.device)).item())
+        self.tokens_seen += pending
+        self._interval_tokens += pending
+        self._pending_tokens = 0
+        return pending
+
+    def _log(self, t_start: float, interval_t0: float, steps_this_run: int,
              total_steps: int) -> Dict[str, Any]:
         self._check_finite()
+        self._sync_tokens()
+        interval_tokens, self._interval_tokens = self._interval_tokens, 0
         # one host read per log interval: [last loss sum, its tokens, aux, interval sum, tokens]
         vals = self.dist.all_reduce_sum(torch.cat([self._last, self._interval])).tolist()
         loss = vals[0] / max(vals[1], 1.0)
@@ -372,6 +387,7 @@ class Trainer:
         if self.global_step == self.last_saved_step:
             return
         self._check_finite()
+        self._sync_tokens()
         rngs = self.dist.gather_objects(rng_state())
         if self.dist.is_main:
             state = self.state_dict()
@@ -519,7 +535,7 @@ class Trainer:
 
     def _run_epochs(self, t_start: float, total_steps: int) -> str:
         steps_this_run = 0
-        interval_t0, interval_tokens = time.time(), 0
+        interval_t0 = time.time()
         while self.epoch < self.epochs:
             sampler = self._sampler(self.epoch, self.samples_in_epoch)
             batches = iter(self._loader(sampler))
@@ -528,18 +544,16 @@ class Trainer:
                 window = list(itertools.islice(batches, self.accum))
                 if not window:
                     break
-                tokens_before = self.tokens_seen
                 self.train_step(window)
                 done_batches += len(window)
                 self.samples_in_epoch = sampler.consumed_after(done_batches)
                 self.global_step += 1
                 steps_this_run += 1
-                interval_tokens += self.tokens_seen - tokens_before
                 self.tracker.advance()
                 last = self.global_step >= total_steps
                 if self.global_step % self.log_interval == 0 or last:
-                    self._log(t_start, interval_t0, interval_tokens, steps_this_run, total_steps)
-                    interval_t0, interval_tokens = time.time(), 0
+                    self._log(t_start, interval_t0, steps_this_run, total_steps)
+                    interval_t0 = time.time()
                 if self.global_step % self.save_interval == 0:
                     self.save("interval")
                 if self.dist.any_flag(self.stop.signum is not None):

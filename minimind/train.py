@@ -107,7 +107,7 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- the job
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path):
+def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
     """Build every part from ``cfg``; the returned Trainer owns the process group (``dist``)."""
     import torch
     from hydra.utils import instantiate
@@ -116,11 +116,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path):
     from minimind.optim import build_optimizer
     from minimind.precision import build_precision
 
+    run_dir = Path(run_dir)
     preflight(cfg, run_dir)
+    if rank_from_env() != 0:
+        _silence_file_logs()
     dist = instantiate(cfg.dist, device=cfg.device)
     try:
-        if not dist.is_main:
-            _silence_file_logs()
         device = dist.device
         if device.type == "cuda" and cfg.precision.dtype == "float32":
             torch.backends.cuda.matmul.allow_tf32 = True
