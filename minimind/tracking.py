@@ -52,14 +52,14 @@ class Tracker:
 
     def __init__(self, console: bool = True, metrics_file: Optional[str] = "metrics.jsonl",
                  wandb: Optional[Dict[str, Any]] = None, *, run_dir: str = ".",
-                 is_main: bool = True, config: Optional[dict] = None, progress: str = "auto"):
+                 is_main: bool = True, run_config: Optional[dict] = None, progress: str = "auto"):
         self.console = console
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.metrics_path = self.run_dir / metrics_file if metrics_file else None
         self.events_path = self.run_dir / "events.jsonl"
         self.wandb_cfg = dict(wandb) if wandb is not None else None
-        self.config = config or {}
+        self.config = run_config or {}
         self.progress_mode = str(progress).lower()
         self._run = None
         self._bar = None
