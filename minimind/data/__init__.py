@@ -1,0 +1,37 @@
+"""The data layer: JSONL index, pretrain/SFT datasets, tokenizer loading, the demo assets.
+
+Importing ``minimind.data`` stays cheap: torch (datasets) and ``tokenizers`` load on first
+use of the names that need them, and ``minimind.data.assets`` (what the config layer uses to
+resolve ``${mm.asset:...}``) is stdlib only.
+"""
+
+from __future__ import annotations
+
+from minimind.data.assets import asset_path
+from minimind.data.errors import DataError
+
+__all__ = ["load_tokenizer", "Tokenizer", "PretrainDataset", "SFTDataset", "DataError", "JsonlIndex",
+           "asset_path"]
+
+_LAZY = {
+    "load_tokenizer": "minimind.data.tokenizer",
+    "Tokenizer": "minimind.data.tokenizer",
+    "JsonlIndex": "minimind.data.jsonl",
+    "PretrainDataset": "minimind.data.datasets",
+    "SFTDataset": "minimind.data.datasets",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'minimind.data' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
