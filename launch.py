@@ -17,9 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from minimind.config import register_configs
-
-register_configs()
+import minimind.config as mm_config  # registers the config schema and the ${mm.*} resolvers
 
 
 def _quiet_nonzero_ranks() -> None:
@@ -32,6 +30,8 @@ def _quiet_nonzero_ranks() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from minimind.train import run_cli
+
+    mm_config.register_configs()  # also makes submitit's pickle of main() import minimind.config
 
     return run_cli(cfg)
 

@@ -309,3 +309,9 @@ def validate(cfg: DictConfig) -> None:
         MiniMindConfig(**fields).validate()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
+
+
+# Importing this module registers the schema and the ``mm.*`` resolvers. A submitit job
+# unpickles the task function (which references this module) before Hydra composes its
+# config, so the job process has them too.
+register_configs()

@@ -85,9 +85,11 @@ class StopRequest:
                 self.previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
+        """Put the replaced handlers back (``previous`` is kept for forward_to_previous)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        self.previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
@@ -100,7 +102,6 @@ class StopRequest:
         """Hand the signal on to the handler it replaced (submitit's: requeue, then exit)."""
         prev = self.previous.get(self.signum) if self.signum is not None else None
         if callable(prev):
-            self.uninstall()
             prev(self.signum, None)
 
 

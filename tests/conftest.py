@@ -26,7 +26,7 @@ FAST = [
 ]
 
 
-def compose(overrides: Optional[List[str]] = None, fast: bool = True):
+def compose(overrides: Optional[List[str]] = None, fast: bool = True, return_hydra_config: bool = False):
     """The composed config for ``overrides`` (fast defaults first, so tests can override them)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -37,7 +37,8 @@ def compose(overrides: Optional[List[str]] = None, fast: bool = True):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=(FAST if fast else []) + list(overrides or []))
+        return hydra_compose(config_name="config", overrides=(FAST if fast else []) + list(overrides or []),
+                             return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture

@@ -1,0 +1,191 @@
+"""Sweeps through a real SLURM cluster (hydra-submitit-launcher), requeue and the report.
+
+CI starts a one-node cluster (../shared/slurm/start-slurm.sh) and sets MINIMIND_REQUIRE_SLURM=1,
+so these tests cannot skip there; elsewhere they skip when no cluster answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, LAUNCH, compose, run_launch
+
+# jobs here are CPU jobs (the issue's overrides)
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=2", "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=10"]
+
+
+def cluster_answers() -> bool:
+    if not shutil.which("sinfo") or not shutil.which("sbatch"):
+        return False
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "up" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if not cluster_answers():
+        if os.environ.get("MINIMIND_REQUIRE_SLURM") == "1":
+            pytest.fail("MINIMIND_REQUIRE_SLURM=1 but no SLURM cluster answers (sinfo)")
+        pytest.skip("no SLURM cluster answers here")
+
+
+def sweep_dir(tmp_path: Path) -> Path:
+    # job ids restart at 1 on a fresh cluster: a fresh folder per sweep keeps stale results out
+    return tmp_path / f"sweep-{uuid.uuid4().hex[:8]}"
+
+
+def report(sweep: Path):
+    from minimind.report import collect
+
+    r = run_launch([str(sweep)], cwd=sweep.parent, module=["-m", "minimind.report"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return collect(sweep), r.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_by_two_sweep_runs_four_jobs_and_reports(slurm, tmp_path):
+    sweep = sweep_dir(tmp_path)
+    r = run_launch(["-m", "optim.grad_clip=0.5,1.0", "optim.accumulation_steps=1,2", *SLURM, *FAST,
+                    "loop.max_steps=8", "loop.log_interval=2", f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows, table = report(sweep)
+    assert len(rows) == 4
+    assert [row["status"] for row in rows] == ["completed"] * 4
+    assert {(row["params"]["optim.grad_clip"], row["params"]["optim.accumulation_steps"]) for row in rows} \
+        == {("0.5", "1"), ("0.5", "2"), ("1.0", "1"), ("1.0", "2")}
+    assert all(row["optimizer_steps"] == 8 for row in rows)
+    png = sweep / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert (sweep / "report.csv").read_text().count("\n") == 5
+    # one stable folder per job, its SLURM array job's submitit files beside them
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    assert any((sweep / ".submitit").iterdir())
+
+
+def wait_for(predicate, timeout, what):
+    t = time.time()
+    while time.time() - t < timeout:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+def job_id_of(job_dir: Path):
+    """The SLURM job id of a sweep job, from the submitit folder beside it."""
+    subs = [p.name for p in (job_dir.parent / ".submitit").iterdir()] if (job_dir.parent / ".submitit").exists() else []
+    return subs[0] if subs else None
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_preempted_job_is_requeued_and_resumes_and_a_failed_job_is_reported(slurm, tmp_path):
+    """SIGUSR2 (what SLURM sends before a time limit / preemption) -> checkpoint -> requeue ->
+    the requeued job continues from that checkpoint. The sweep's second job fails at once."""
+    sweep = sweep_dir(tmp_path)
+    args = ["-m", "optim.accumulation_steps=1,0", *SLURM, *FAST, "loop.max_steps=400",
+            "loop.save_interval=25", "loop.log_interval=25", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(LAUNCH)] + args, cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = sweep / "0"
+    wait_for(lambda: (job / "checkpoints").is_dir() and any((job / "checkpoints").glob("step_*.pt")),
+             300, "no checkpoint from job 0")
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout.split()
+    array_task = next(j for j in jobs if j.endswith("_0"))
+    subprocess.run(["scancel", "--signal=USR2", array_task], check=True)
+    out, _ = proc.communicate(timeout=600)
+    events = [json.loads(x) for x in (job / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names.count("start") == 2, names  # started, requeued once
+    assert "interrupted" in names and names[-1] == "completed"
+    second_start = [e for e in events if e["event"] == "start"][1]
+    assert second_start["step"] > 0  # the step count did not restart
+    assert "resumed from" in (job / "train.log").read_text()
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["optimizer_steps"] == 400
+    assert summary["resumed_from"].endswith(f"step_{second_start['step']:08d}.pt")
+
+    rows, table = report(sweep)
+    assert len(rows) == 2
+    assert rows[0]["status"] == "completed (requeued 1x)"
+    assert rows[1]["state"] == "failed"
+    assert "accumulation_steps=0 is invalid" in rows[1]["error"]
+    assert "failed" in table and "requeued 1x" in table
+
+
+def test_launcher_config_gives_the_sbatch_parameters(tmp_path, monkeypatch):
+    """The slurm launcher config -> submitit executor parameters -> the sbatch header."""
+    import submitit
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+                   "hydra.launcher.tasks_per_node=4", "hydra.launcher.account=proj",
+                   f"hydra.sweep.dir={tmp_path}/sweep", "+hydra.launcher.additional_parameters.constraint=a100"],
+                  fast=False, return_hydra_config=True)
+    recorded = {}
+
+    class FakeJob:
+        def results(self):
+            r = JobReturn()
+            r.status, r._return_value = JobStatus.COMPLETED, 0.0
+            return [r]
+
+    class FakeExecutor:
+        def __init__(self, **kwargs):
+            recorded["init"] = kwargs
+
+        def update_parameters(self, **kwargs):
+            recorded["params"] = kwargs
+
+        def map_array(self, fn, *args):
+            recorded["jobs"] = list(zip(*args))
+            return [FakeJob() for _ in recorded["jobs"]]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    launcher.launch([["optim.grad_clip=0.3"], ["optim.grad_clip=1.0"]], initial_job_idx=0)
+
+    assert recorded["init"]["folder"] == f"{tmp_path}/sweep/.submitit/%j"
+    assert recorded["init"]["slurm_max_num_timeout"] == 5
+    p = recorded["params"]
+    assert p["gpus_per_node"] == 4 and p["tasks_per_node"] == 4 and p["nodes"] == 1
+    assert p["timeout_min"] == 240 and p["cpus_per_task"] == 8 and p["mem_gb"] == 64
+    assert p["slurm_partition"] == "gpu" and p["slurm_account"] == "proj"
+    assert p["slurm_signal_delay_s"] == 120 and p["slurm_array_parallelism"] == 16
+    assert p["slurm_additional_parameters"] == {"constraint": "a100"}
+    assert [j[2] for j in recorded["jobs"]] == [0, 1]  # job numbers -> the stable job folders 0, 1
+
+    # and what sbatch receives, rendered by submitit's own SLURM executor
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    slurm_params = {k[len("slurm_"):]: v for k, v in p.items() if k.startswith("slurm_")}
+    slurm_params.pop("array_parallelism")
+    text = _make_sbatch_string(command="python -m x", folder=tmp_path, job_name="train",
+                               nodes=p["nodes"], gpus_per_node=p["gpus_per_node"],
+                               ntasks_per_node=p["tasks_per_node"], cpus_per_task=p["cpus_per_task"],
+                               mem=f"{p['mem_gb']}GB", time=p["timeout_min"], **slurm_params)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --signal=USR2@120", "#SBATCH --time=240", "#SBATCH --account=proj",
+                 "#SBATCH --constraint=a100", "#SBATCH --mem=64GB", "#SBATCH --cpus-per-task=8"):
+        assert line in text, line
+    OmegaConf.to_yaml(cfg.hydra.launcher)  # the node resolves
