@@ -36,6 +36,28 @@ def main(cfg: DictConfig) -> float:
     return run_cli(cfg)
 
 
+def _refuse_bad_overrides() -> None:
+    """Misspelt keys, wrong types, unknown group options: one line, before Hydra starts."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return  # Hydra's own, complete report
+    from pathlib import Path
+
+    from minimind.overrides import check_overrides
+
+    problem = check_overrides(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("--help", "-h"):
+        from pathlib import Path
+
+        from minimind.cli_help import render
+
+        print(render(Path(__file__).resolve().parent / "conf"))
+        sys.exit(0)
+    _refuse_bad_overrides()
     _quiet_nonzero_ranks()
     main()

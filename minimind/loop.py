@@ -345,7 +345,7 @@ class Trainer:
             "lr": self.lr,
             "grad_norm": float(self._grad_norm.item()),
             "scale": scale,
-            "skipped": int(self._skipped.item()) + self.nan_skips,
+            "skipped": int(self._skipped.item()),  # fp16 overflows and skipped NaN updates
             "tokens": self.tokens_seen,
             "tokens_per_s": interval_tokens / max(now - interval_t0, 1e-9),
             "elapsed_s": now - t_start,
@@ -375,7 +375,7 @@ class Trainer:
             "batch_size": self.batch_size,
             "accumulation_steps": self.accum,
             "interval": self._interval.tolist(),
-            "skipped": int(self._skipped.item()) + 0,
+            "skipped": int(self._skipped.item()),
             "nan_skips": self.nan_skips,
             "best_loss": self.best_loss,
             "final_loss": self.final_loss,
@@ -393,8 +393,17 @@ class Trainer:
         if self.dist.is_main:
             state = self.state_dict()
             state["rng"] = rngs
-            path = self.ckpt.save(state, self.global_step)
-            self._save_weights()
+            previous = self.ckpt.list()
+            try:
+                path = self.ckpt.save(state, self.global_step)
+                self._save_weights()
+            except OSError as e:  # disk full, quota, unwritable folder: keep what was saved
+                kept = f"the previous checkpoint {previous[0]} is intact" if previous else \
+                    "no earlier checkpoint exists"
+                raise CheckpointError(
+                    f"could not write the step {self.global_step} checkpoint in {self.ckpt.directory} "
+                    f"or the weights in {self.save_dir} ({e.strerror or e}); {kept}. Free space or "
+                    f"choose another hydra.run.dir / loop.save_dir, then run again to resume") from e
             self.tracker.event("checkpoint", step=self.global_step, epoch=self.epoch,
                                samples_in_epoch=self.samples_in_epoch, path=str(path), reason=reason)
         self.dist.barrier()

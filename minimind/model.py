@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minimind.errors import UserError
+
 from minimind.model_config import MiniMindConfig
 
 # per layer: (keys, values), each (B, T, kv_heads, head_dim), before repeat_kv (as upstream)
@@ -30,7 +32,7 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 IGNORE_INDEX = -100
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that cannot be read, or that does not fit the model (names the keys)."""
 
 

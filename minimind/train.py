@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -29,13 +30,6 @@ from minimind.config import validate
 from minimind.errors import CheckpointError, ConfigError, UserError
 
 log = logging.getLogger("minimind")
-
-
-def _user_errors() -> tuple:
-    from minimind.data import DataError
-    from minimind.model import WeightsError
-
-    return (UserError, DataError, WeightsError)
 
 
 def rank_from_env() -> int:
@@ -83,6 +77,16 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
     if fw is not None and not Path(fw).is_file():
         raise ConfigError(f"model.from_weight={fw!r}: no such file (expected a .pth or .safetensors "
                           "state dict in upstream MiniMind's format)")
+    for what, folder in (("hydra.run.dir", run_dir), ("loop.save_dir", cfg.loop.save_dir)):
+        if folder is None:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{what}={str(folder)!r} is not writable ({e.strerror or e}): "
+                              "checkpoints and weights could not be saved there") from None
     resume = str(cfg.loop.resume)
     ckpt_dir = run_dir / "checkpoints"
     if resume == "never" and ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*.pt")):
@@ -109,6 +113,9 @@ def seed_everything(seed: int) -> None:
 
 def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
     """Build every part from ``cfg``; the returned Trainer owns the process group (``dist``)."""
+    run_dir = Path(run_dir)
+    preflight(cfg, run_dir)  # before importing torch: a bad value is refused in a second
+
     import torch
     from hydra.utils import instantiate
 
@@ -116,8 +123,6 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
     from minimind.optim import build_optimizer
     from minimind.precision import build_precision
 
-    run_dir = Path(run_dir)
-    preflight(cfg, run_dir)
     if rank_from_env() != 0:
         _silence_file_logs()
     dist = instantiate(cfg.dist, device=cfg.device)
@@ -243,7 +248,7 @@ def run(cfg: DictConfig) -> float:
         summary = build_and_fit(cfg, run_dir)
     except BaseException as e:
         if not isinstance(e, (SystemExit, KeyboardInterrupt)):
-            _record_failure(run_dir, e)
+            _record_failure(run_dir, find_user_error(e) or e)
         raise
     return summary["final_loss"]
 
@@ -259,9 +264,21 @@ def run_cli(cfg: DictConfig) -> Optional[float]:
 
     try:
         return run(cfg)
-    except _user_errors() as e:
+    except Exception as e:
+        user_error = find_user_error(e)
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
             raise
-        print(f"Error: {e}", file=sys.stderr)
+        print(f"Error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def find_user_error(error: BaseException) -> Optional[BaseException]:
+    """The user error behind ``error``: Hydra wraps what a ``_target_`` raises in an
+    InstantiationException, so follow ``__cause__`` down the chain."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, UserError):  # DataError and WeightsError are UserErrors too
+            return error
+        error, seen = error.__cause__, seen + 1
+    return None

@@ -60,6 +60,21 @@ def start(args, cwd, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def metric_count(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for_lines(run_dir: Path, lines: int, proc, timeout=120) -> None:
+    """Wait until this attempt has logged up to ``lines`` lines in total (or ended)."""
+    t = time.time()
+    while time.time() - t < timeout:
+        if metric_count(run_dir) >= lines or proc.poll() is not None:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"metrics.jsonl of {run_dir} did not reach {lines} lines")
+
+
 def wait_for_step(run_dir: Path, step: int, proc, timeout=120) -> None:
     t = time.time()
     path = run_dir / "metrics.jsonl"
@@ -86,30 +101,46 @@ def reference(tmp_path_factory):
     return refs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
-def test_sigkill_at_random_moments_then_resume_is_bit_exact(reference, tmp_path, workers):
-    rng = random.Random(1234 + workers)
-    run = tmp_path / "run"
-    args = RUN + [f"data.num_workers={workers}", f"hydra.run.dir={run}"]
-    kills = 0
-    for attempt in range(10):
-        proc = start(args, tmp_path)
-        if kills < 3:
-            wait_for_step(run, 1 + kills * 14, proc)
-            time.sleep(rng.uniform(0.0, 0.4))  # anywhere: mid-window, mid-save, between steps
+def kill_and_resume(run: Path, args, cwd: Path, kills: int, rng: random.Random, span: int) -> int:
+    """Start the run, SIGKILL it ``kills`` times at random moments, then let it finish."""
+    done = 0
+    for attempt in range(kills + 6):
+        proc = start(args, cwd)
+        if done < kills:
+            lines = metric_count(run)
+            wait_for_lines(run, lines + 1 + rng.randrange(span), proc)
+            time.sleep(rng.uniform(0.0, 0.3))  # anywhere: mid-window, mid-save, between steps
             if proc.poll() is None:
                 proc.kill()
-                kills += 1
+                done += 1
             proc.wait()
             continue
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out
-        break
+        return done
+    raise AssertionError("the run did not finish")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_with_workers_then_resume_is_bit_exact(reference, tmp_path):
+    run = tmp_path / "run"
+    kills = kill_and_resume(run, RUN + ["data.num_workers=2", f"hydra.run.dir={run}"], tmp_path,
+                            kills=3, rng=random.Random(7), span=8)
     assert kills >= 2
-    log = (run / "train.log").read_text()
-    assert "resumed from" in log
-    assert_same_run(reference[workers], run)
+    assert "resumed from" in (run / "train.log").read_text()
+    assert_same_run(reference[2], run)
+
+
+@pytest.mark.slow
+def test_chaos_ten_sigkills_including_during_checkpoint_writes(reference, tmp_path):
+    """10 kills at random moments of a run that writes a checkpoint every step (so many kills
+    land inside a write); every resume succeeds and the end is bit-identical."""
+    run = tmp_path / "run"
+    args = RUN + ["loop.save_interval=1", "loop.keep_last=2", "data.num_workers=0", f"hydra.run.dir={run}"]
+    kills = kill_and_resume(run, args, tmp_path, kills=10, rng=random.Random(2024), span=3)
+    assert kills >= 8
+    assert (run / "train.log").read_text().count("resumed from") >= kills - 1
+    assert_same_run(reference[0], run)
 
 
 @pytest.mark.slow
