@@ -9,19 +9,18 @@ older ones and names each file it has to skip.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from minimind.errors import CheckpointError
+from minimind.files import atomic_write, atomic_write_text  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -32,45 +31,8 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 # --------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: os.PathLike, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # --------------------------------------------------------------------------- RNG state

@@ -36,12 +36,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from minimind.checkpoint import (CheckpointManager, is_upstream_resume, load_file, rng_state,
-                                 set_rng_state)
+from minimind.checkpoint import CheckpointManager, is_upstream_resume, load_file, rng_state, set_rng_state
 from minimind.data.sampler import ShardedBatchSampler
-from minimind.errors import CheckpointError, ConfigError, TrainingError
-from minimind.model import causal_lm_loss, count_loss_tokens, export_state_dict, save_weights
-from minimind.model import load_weights, weights_filename
+from minimind.errors import CheckpointError, TrainingError
+from minimind.model import (
+    causal_lm_loss,
+    count_loss_tokens,
+    load_weights,
+    save_weights,
+    weights_filename,
+)
 
 log = logging.getLogger("minimind")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimind.errors import UserError
-
+from minimind.files import atomic_write
 from minimind.model_config import MiniMindConfig
 
 # per layer: (keys, values), each (B, T, kv_heads, head_dim), before repeat_kv (as upstream)
@@ -551,23 +550,15 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
     else:
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
                  for k, v in model_or_state_dict.items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == "safetensors":
-                from safetensors.torch import save as st_save
-                f.write(st_save(_unshare(state), metadata={"format": "pt"}))
-            else:
-                torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(f):
+        if fmt == "safetensors":
+            from safetensors.torch import save as st_save
+
+            f.write(st_save(_unshare(state), metadata={"format": "pt"}))
+        else:
+            torch.save(state, f)
+
+    atomic_write(path, write)
     return path
 
 

@@ -21,8 +21,17 @@ from typing import Iterable, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from minimind.config import (Config, DataConfig, DistConfig, LoggerConfig, LoopConfig, ModelConfig,
-                             OptimConfig, PrecisionConfig, WandbConfig)
+from minimind.config import (
+    Config,
+    DataConfig,
+    DistConfig,
+    LoggerConfig,
+    LoopConfig,
+    ModelConfig,
+    OptimConfig,
+    PrecisionConfig,
+    WandbConfig,
+)
 
 GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "experiment")
 _TYPE_NAMES = {"float": "a float", "int": "an integer", "bool": "true or false", "str": "a string"}

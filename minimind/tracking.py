@@ -136,7 +136,7 @@ class Tracker:
     def summary(self, data: Dict[str, Any]) -> None:
         if not self.is_main:
             return
-        from minimind.checkpoint import atomic_write_text
+        from minimind.files import atomic_write_text
 
         atomic_write_text(self.run_dir / "summary.json", json.dumps(data, indent=2) + "\n")
         if self._run is not None:

@@ -219,7 +219,7 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
     if rank_from_env() != 0:
         return
     try:
-        from minimind.checkpoint import atomic_write_text
+        from minimind.files import atomic_write_text
 
         run_dir.mkdir(parents=True, exist_ok=True)
         last = f"{type(error).__name__}: {error}".strip().splitlines()[-1]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
+from conftest import ROOT
 from omegaconf import OmegaConf
 
 from minimind.config import validate
 from minimind.errors import ConfigError
-
-from conftest import ROOT
 
 
 def test_default_composition_has_every_group(cfg_factory):

@@ -58,7 +58,8 @@ def tokdirs(tmp_path_factory):
     corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(12))}) + "\n"
                               for _ in range(300)))
     m2 = train_tokenizer([str(corpus)], str(root / "m2"), vocab_size=320, show_progress=False)
-    from tokenizers import AddedToken, Tokenizer as Backend
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as Backend
 
     (root / "m3").mkdir()
     backend = Backend.from_file(f"{m2}/tokenizer.json")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, LAUNCH, ROOT, run_launch
 
 pytestmark = pytest.mark.slow

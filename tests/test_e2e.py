@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import FAST
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import FAST, run_launch
 
 from minimind.errors import CheckpointError, ConfigError, TrainingError

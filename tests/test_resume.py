@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, LAUNCH, run_launch
 
 from minimind.checkpoint import CheckpointManager, atomic_torch_save, load_file

@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, LAUNCH, compose, run_launch
 
 # jobs here are CPU jobs (the overrides)

@@ -86,7 +86,8 @@ def test_directory_without_tokenizer_json(tmp_path):
 
 
 def test_tokenizer_without_minimind_specials(tmp_path):
-    from tokenizers import Tokenizer as Backend, models
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models
 
     Backend(models.BPE(vocab={"a": 0}, merges=[])).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(DataError, match="<\\|endoftext\\|>"):

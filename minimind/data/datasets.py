@@ -33,8 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from minimind.data.errors import DataError, bad_line_message
-from minimind.data.jsonl import (JsonlIndex, cache_candidates, read_header, write_atomic,
-                                 _MAGIC, _FileLock)
+from minimind.data.jsonl import _MAGIC, JsonlIndex, _FileLock, cache_candidates, read_header, write_atomic
 from minimind.data.tokenizer import Tokenizer, load_tokenizer
 
 # Upstream sets this too: the Rust thread pool and DataLoader's fork do not mix.

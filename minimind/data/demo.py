@@ -139,8 +139,8 @@ def _write_jsonl(path: str, rows) -> None:
 def generate(out: str, dialogues: int = 16000, pretrain_lines: int = 3000, vocab_size: int = 768,
              seed: int = 20250, max_tokens: int = 128) -> dict:
     """Write sft.jsonl, pretrain.jsonl and tokenizer/ into ``out``; returns a summary."""
-    from minimind.tokenizer import train_tokenizer
     from minimind.data.tokenizer import load_tokenizer
+    from minimind.tokenizer import train_tokenizer
 
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)

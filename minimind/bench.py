@@ -1,0 +1,574 @@
+"""Benchmark the framework's update step against a hand-written PyTorch loop, in one process.
+
+    python -m minimind.bench --model tiny --batch-size 16 --seq-len 128 --vocab-size 768
+    python -m minimind.bench --model minimind2_26m --batch-size 4 --seq-len 256 --steps 3 --rounds 7
+    python -m minimind.bench --model minimind2_26m --precision bf16 --batch-size 16 --seq-len 340 --compile
+    python -m minimind.bench --startup          # launch.py --help / --cfg job: wall time, heavy imports
+
+Two paths run on the same initial weights and the same synthetic batches (random token ids,
+labels = ids, no padding):
+
+- framework: the real config composed with Hydra (conf/), the Trainer built by
+  ``minimind.train.build_trainer`` exactly as ``launch.py`` builds it, and each optimizer step
+  through ``Trainer.train_step(window)`` (the code ``launch.py`` runs per step; no data loading)
+- bare: a nanoGPT-style loop on a deep copy of the same model: fused AdamW with the same
+  parameter groups, autocast with the same dtype, GradScaler for fp16, mean cross-entropy /
+  accum, unscale -> clip -> step -> update -> zero_grad(set_to_none=True). No logging, no syncs.
+
+After each path's warm-up (compile needs it), the two alternate in ``--rounds`` rounds (the
+order flips every round so neither always runs on a warmer cache); each round times ``--steps``
+optimizer steps per path. Reported per path: ms per optimizer step (median over rounds), tokens/s
+(batch * seq * accum / that median), peak memory and, on GPU, MFU; and framework / bare tokens/s.
+
+Memory: both paths live in the same process, so every figure includes both models and both
+optimizers. CPU: the peak resident set (VmHWM) of the process during each path's timed steps,
+reset before each (``/proc/self/clear_refs``, which also resets ``ru_maxrss``); where that reset
+is unavailable, ``ru_maxrss`` (process-wide, monotone). GPU: ``torch.cuda.max_memory_allocated``,
+reset before each path.
+
+MFU uses the PaLM convention: FLOPs per token = 6 N + 12 L H Q T (N parameters, L layers, H query
+heads, Q head dim, T sequence length) over the device's peak dense bf16 FLOP/s (``PEAK_BF16``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]   # the repository: conf/ and launch.py live here
+CONF = ROOT / "conf"
+LAUNCH = ROOT / "launch.py"
+
+# peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name (first match wins)
+PEAK_BF16: List[Tuple[Tuple[str, ...], float]] = [
+    (("H200",), 989e12),
+    (("H100", "PCIE"), 756e12),
+    (("H100", "SXM"), 989e12),
+    (("H100", "HBM3"), 989e12),     # the SXM part reports itself as "NVIDIA H100 80GB HBM3"
+    (("A100",), 312e12),
+    (("L40S",), 362e12),
+    (("RTX 4090",), 165e12),
+    (("RTX 3090",), 71e12),
+]
+
+
+# ============================================================================ FLOPs and MFU
+
+def flops_per_token(n_params: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int) -> float:
+    """Training FLOPs per token, PaLM appendix B: 6 N + 12 L H Q T (forward + backward)."""
+    return 6.0 * n_params + 12.0 * n_layers * n_heads * head_dim * seq_len
+
+
+def peak_flops(device_name: Optional[str]) -> Optional[float]:
+    """Peak dense bf16 FLOP/s of a GPU from its name; None when it is not in the table."""
+    if not device_name:
+        return None
+    name = device_name.upper()
+    for keys, flops in PEAK_BF16:
+        if all(k in name for k in keys):
+            return flops
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, peak: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilisation: achieved model FLOP/s over the device's peak (None if unknown)."""
+    if not peak or not tokens_per_s:
+        return None
+    return tokens_per_s * flops_per_tok / peak
+
+
+# ============================================================================ memory probes
+
+def _status_kb(field: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> Optional[float]:
+    """Resident set now, from /proc/self/statm (Linux)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def maxrss_mb() -> float:
+    """``ru_maxrss`` of this process (kB on Linux, bytes on macOS)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemProbe:
+    """Peak memory of one timed segment (see the module docstring)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.can_reset = (not self.cuda) and reset_peak_rss()
+        self.kind = ("cuda_max_memory_allocated" if self.cuda
+                     else "rss_high_water_mark" if self.can_reset else "ru_maxrss (process-wide)")
+
+    def start(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.can_reset:
+            reset_peak_rss()
+
+    def peak_mb(self) -> float:
+        import torch
+
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        hwm = _status_kb("VmHWM") if self.can_reset else None
+        return hwm / 1024 if hwm is not None else maxrss_mb()
+
+
+def cpu_snapshot() -> Optional[Tuple[float, float, float]]:
+    """(wall s, CPU s busy on the whole machine, CPU s of this process) from /proc (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (guest is in user)
+        tck = os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return time.perf_counter(), busy / tck, t.user + t.system
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def other_cpu(before, after) -> Optional[float]:
+    """CPU seconds that other processes used between two snapshots, per wall second (0 = idle)."""
+    if before is None or after is None:
+        return None
+    wall = after[0] - before[0]
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, others) / max(wall, 1e-9)
+
+
+# ============================================================================ the two paths
+
+def compose_config(overrides: Sequence[str]):
+    """The real config (conf/) with ``overrides``, composed as launch.py composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from minimind.config import register_configs
+
+    if not (CONF / "config.yaml").is_file():
+        raise SystemExit(f"minimind.bench: no Hydra config at {CONF} (run from a source checkout)")
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def framework_overrides(args: argparse.Namespace) -> List[str]:
+    clip = "null" if args.grad_clip is None else repr(float(args.grad_clip))
+    vocab = "null" if not args.vocab_size else str(args.vocab_size)
+    return [
+        f"model={args.model}",
+        f"precision={args.precision}",
+        f"optim.accumulation_steps={args.accum}",
+        f"optim.grad_clip={clip}",
+        f"data.batch_size={args.batch_size}",
+        f"data.max_length={args.seq_len}",
+        f"device={args.device}",
+        f"loop.compile={str(bool(args.compile)).lower()}",
+        f"model.vocab_size={vocab}",
+        "loop.progress=false",
+        "loop.log_interval=1000000",   # no logging inside the timed steps (the bare loop has none)
+        "loop.save_interval=1000000",
+        "loop.resume=never",
+    ] + list(args.override or [])
+
+
+def make_windows(n: int, accum: int, batch: int, seq: int, vocab: int, pin: bool, seed: int = 1234):
+    """``n`` windows of ``accum`` (input_ids, labels) CPU micro-batches: random ids, labels = ids."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    windows = []
+    for _ in range(n):
+        window = []
+        for _ in range(accum):
+            x = torch.randint(0, vocab, (batch, seq), generator=g, dtype=torch.long)
+            y = x.clone()
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            window.append((x, y))
+        windows.append(window)
+    return windows
+
+
+class BareLoop:
+    """The hand-written reference: what one would type without a framework."""
+
+    def __init__(self, model, cfg, device, dtype, compile: bool, grad_clip: Optional[float], accum: int):
+        import torch
+
+        from minimind.optim import param_groups
+
+        self.model = model
+        self.fwd = torch.compile(model) if compile else model
+        self.device, self.dtype, self.accum, self.grad_clip = device, dtype, accum, grad_clip
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, o.weight_decay, o.decay_all_params), lr=o.lr,
+            betas=tuple(o.optimizer.betas), eps=o.optimizer.eps, weight_decay=o.weight_decay,
+            fused=True)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        self.autocast = torch.autocast(device_type=device.type, dtype=dtype,
+                                       enabled=dtype != torch.float32)
+        self.nb = device.type == "cuda"
+
+    def step(self, window) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        for x, y in window:
+            x, y = x.to(self.device, non_blocking=self.nb), y.to(self.device, non_blocking=self.nb)
+            with self.autocast:
+                logits = self.fwd(x).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), y[:, 1:].flatten()) / self.accum
+            self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    import copy
+
+    import torch
+
+    from minimind.model import num_parameters
+    from minimind.optim import CosineSchedule
+    from minimind.precision import _DTYPES
+    from minimind.train import build_trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = compose_config(framework_overrides(args))
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="minimind-bench-") as run_dir:
+        trainer = build_trainer(cfg, run_dir)
+        try:
+            device = trainer.device
+            dtype = _DTYPES[cfg.precision.dtype]
+            model_cfg = trainer.raw_model.config
+            # a separate copy of the same initial weights (the tied embedding stays tied)
+            bare_model = copy.deepcopy(trainer.raw_model)
+            bare = BareLoop(bare_model, cfg, device, dtype, bool(args.compile), cfg.optim.grad_clip,
+                            args.accum)
+            total = args.warmup + args.rounds * args.steps
+            # fit() does this once the run length is known
+            trainer.schedule = CosineSchedule(lr=cfg.optim.lr, min_ratio=cfg.optim.min_lr_ratio,
+                                              warmup_steps=0, total_steps=max(total, 1))
+            trainer.raw_model.train()
+            bare_model.train()
+            windows = make_windows(min(max(args.steps, 1), 8), args.accum, args.batch_size,
+                                   args.seq_len, model_cfg.vocab_size, pin=device.type == "cuda")
+            cuda = device.type == "cuda"
+
+            def sync() -> None:
+                if cuda:
+                    torch.cuda.synchronize(device)
+
+            def fw_step(window) -> None:
+                trainer.train_step(window)
+                trainer.global_step += 1  # as _run_epochs does after each step
+
+            paths = {"framework": fw_step, "bare": bare.step}
+            probe = MemProbe(device)
+
+            # warm-up, each path on its own (compile, allocator, optimizer state)
+            t_warm = {}
+            for name, fn in paths.items():
+                t0 = time.perf_counter()
+                for i in range(args.warmup):
+                    fn(windows[i % len(windows)])
+                sync()
+                t_warm[name] = time.perf_counter() - t0
+
+            snap0 = cpu_snapshot()
+            others: List[Optional[float]] = []
+            times: Dict[str, List[float]] = {n: [] for n in paths}
+            peak: Dict[str, float] = {n: 0.0 for n in paths}
+            rss_now: Dict[str, float] = {n: 0.0 for n in paths}
+            for r in range(args.rounds):
+                order = ["framework", "bare"] if r % 2 == 0 else ["bare", "framework"]
+                snap_r = cpu_snapshot()
+                for name in order:
+                    fn = paths[name]
+                    probe.start()
+                    sync()
+                    t0 = time.perf_counter()
+                    for i in range(args.steps):
+                        fn(windows[i % len(windows)])
+                    sync()
+                    times[name].append((time.perf_counter() - t0) / args.steps)
+                    peak[name] = max(peak[name], probe.peak_mb())
+                    rss_now[name] = max(rss_now[name], current_rss_mb() or 0.0)
+                others.append(other_cpu(snap_r, cpu_snapshot()))
+            other_all = other_cpu(snap0, cpu_snapshot())
+            load_after = os.getloadavg()
+
+            tokens_per_step = args.batch_size * args.seq_len * args.accum
+            ms = {n: _median(t) * 1e3 for n, t in times.items()}
+            tps = {n: tokens_per_step / (ms[n] / 1e3) for n in paths}
+            ratios = [f / b for f, b in zip(times["bare"], times["framework"])]
+            n_params = num_parameters(trainer.raw_model)
+            fpt = flops_per_token(n_params, model_cfg.num_hidden_layers, model_cfg.num_attention_heads,
+                                  model_cfg.resolved_head_dim, args.seq_len)
+            device_name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
+            peak_fl = peak_flops(device_name) if cuda else None
+            result = {
+                "framework_tokens_per_s": tps["framework"],
+                "bare_tokens_per_s": tps["bare"],
+                "ratio": tps["framework"] / tps["bare"],
+                "ratio_per_round": ratios,
+                "framework_ms_per_step": ms["framework"],
+                "bare_ms_per_step": ms["bare"],
+                "framework_ms_per_step_rounds": [t * 1e3 for t in times["framework"]],
+                "bare_ms_per_step_rounds": [t * 1e3 for t in times["bare"]],
+                "peak_mem_mb": peak["framework"],
+                "bare_peak_mem_mb": peak["bare"],
+                "peak_mem_kind": probe.kind,
+                "framework_rss_mb": rss_now["framework"] if not cuda else None,
+                "bare_rss_mb": rss_now["bare"] if not cuda else None,
+                "ru_maxrss_mb": maxrss_mb(),
+                "mfu": mfu(tps["framework"], fpt, peak_fl),
+                "bare_mfu": mfu(tps["bare"], fpt, peak_fl),
+                "flops_per_token": fpt,
+                "peak_flops": peak_fl,
+                "warmup_s": t_warm,
+                "device": str(device),
+                "device_name": device_name,
+                "threads": torch.get_num_threads(),
+                "load_avg_before": list(load_before),
+                "load_avg_after": list(load_after),
+                # busy cores used by other processes during the timed rounds (0 = machine idle)
+                "other_cpu_cores": other_all,
+                "other_cpu_cores_per_round": others,
+                "model": args.model,
+                "params": n_params,
+                "vocab_size": model_cfg.vocab_size,
+                "precision": args.precision,
+                "batch_size": args.batch_size,
+                "seq_len": args.seq_len,
+                "accum": args.accum,
+                "grad_clip": cfg.optim.grad_clip,
+                "compile": bool(args.compile),
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "rounds": args.rounds,
+                "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
+                "torch": torch.__version__,
+            }
+        finally:
+            trainer.dist.destroy()
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cpus)"
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cpus)"
+
+
+def format_result(r: Dict[str, Any]) -> str:
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        f"{r['model']} ({r['params'] / 1e6:.2f}M params, vocab {r['vocab_size']}), {r['precision']}, "
+        f"batch {r['batch_size']} x seq {r['seq_len']} x accum {r['accum']}, "
+        f"compile={r['compile']}, device {r['device']} [{r['device_name']}], torch {r['torch']}",
+        f"{r['rounds']} rounds x {r['steps']} steps per path after {r['warmup']} warm-up steps; "
+        f"load average {r['load_avg_before'][0]:.2f} -> {r['load_avg_after'][0]:.2f}, "
+        f"other processes used {fmt(r['other_cpu_cores'], '.2f')} cores during the timed rounds",
+        "",
+        f"{'path':<10} {'tokens/s':>12} {'ms/step':>10} {'min..max ms':>17} {'peak MB':>9} {'MFU':>7}",
+    ]
+    for name in ("framework", "bare"):
+        rounds = r[f"{name}_ms_per_step_rounds"]
+        peak = r["peak_mem_mb"] if name == "framework" else r["bare_peak_mem_mb"]
+        m = r["mfu"] if name == "framework" else r["bare_mfu"]
+        lines.append(f"{name:<10} {r[f'{name}_tokens_per_s']:>12,.0f} {r[f'{name}_ms_per_step']:>10.2f} "
+                     f"{min(rounds):>8.2f}..{max(rounds):<8.2f} {peak:>9.0f} "
+                     f"{'-' if m is None else format(m * 100, '.1f') + '%':>7}")
+    rr = r["ratio_per_round"]
+    lines += [
+        "",
+        f"ratio framework/bare (tokens/s): {r['ratio']:.3f}   per round: min {min(rr):.3f}, "
+        f"median {_median(rr):.3f}, max {max(rr):.3f}",
+        f"peak memory: {r['peak_mem_kind']}; both paths share the process (both models + optimizers)",
+    ]
+    return "\n".join(lines)
+
+
+# ============================================================================ startup
+
+def _imported_modules(stderr: str) -> List[str]:
+    """Module names from ``python -X importtime`` output."""
+    names = []
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+\d+\s+\|\s+\d+\s+\|\s*(\S+)", line)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
+def run_startup(repeats: int = 3) -> Dict[str, Any]:
+    """Wall time of ``launch.py --help`` / ``--cfg job`` (median of ``repeats``) and heavy imports."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    out: Dict[str, Any] = {"launch": str(LAUNCH), "repeats": repeats}
+    with tempfile.TemporaryDirectory(prefix="minimind-startup-") as cwd:
+        for label, extra in (("help", ["--help"]), ("cfg_job", ["--cfg", "job"])):
+            cmd = [sys.executable, str(LAUNCH)] + extra
+            walls = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+                walls.append(time.perf_counter() - t0)
+                if p.returncode != 0:
+                    raise SystemExit(f"minimind.bench --startup: {' '.join(cmd)} failed "
+                                     f"(exit {p.returncode}):\n{p.stderr[-2000:]}")
+            p = subprocess.run([sys.executable, "-X", "importtime"] + cmd[1:], cwd=cwd, env=env,
+                               capture_output=True, text=True)
+            mods = _imported_modules(p.stderr)
+            tops = {m.split(".")[0] for m in mods}
+            out[label] = {
+                "command": " ".join(["python", "launch.py"] + extra),
+                "wall_s_median": _median(walls),
+                "wall_s": walls,
+                "imports_torch": "torch" in tops,
+                "imports_wandb": "wandb" in tops,
+                "modules_imported": len(mods),
+            }
+    return out
+
+
+def format_startup(s: Dict[str, Any]) -> str:
+    lines = [f"{'command':<28} {'median s':>9} {'runs (s)':>24} {'torch':>6} {'wandb':>6}"]
+    for key in ("help", "cfg_job"):
+        e = s[key]
+        runs = ", ".join(f"{w:.2f}" for w in e["wall_s"])
+        lines.append(f"{e['command']:<28} {e['wall_s_median']:>9.2f} {runs:>24} "
+                     f"{'yes' if e['imports_torch'] else 'no':>6} {'yes' if e['imports_wandb'] else 'no':>6}")
+    lines.append("targets: < 1 s, no torch / wandb import")
+    return "\n".join(lines)
+
+
+# ============================================================================ CLI
+
+def _clip(value: str) -> Optional[float]:
+    if value.lower() in ("none", "null", "off"):
+        return None
+    v = float(value)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"--grad-clip={value}: must be > 0, or none")
+    return v
+
+
+def _positive(value: str) -> int:
+    v = int(value)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be an integer >= 1")
+    return v
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m minimind.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny", help="a conf/model name (tiny, minimind2_26m, ...)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=_positive, default=16, help="micro-batch size")
+    p.add_argument("--seq-len", type=_positive, default=128, help="tokens per sample")
+    p.add_argument("--accum", type=_positive, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--steps", type=_positive, default=10, help="timed optimizer steps per path per round")
+    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps per path first")
+    p.add_argument("--rounds", type=_positive, default=5, help="alternations of the two paths")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model in both paths")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--grad-clip", type=_clip, default=1.0, help="max grad norm, or none")
+    p.add_argument("--vocab-size", type=int, default=6400,
+                   help="model.vocab_size (0: the config's, i.e. the tokenizer's for tiny)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's, i.e. the cores)")
+    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    p.add_argument("--startup", action="store_true",
+                   help="only time `launch.py --help` and `--cfg job` (median of 3) and check imports")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="extra Hydra override for the framework path (repeatable)")
+    args = p.parse_args(argv)
+    if args.seq_len < 8:
+        p.error("--seq-len must be >= 8 (data.max_length)")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.startup:
+        result = run_startup()
+        print(format_startup(result))
+    else:
+        result = run_benchmark(args)
+        print(format_result(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

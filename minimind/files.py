@@ -1,0 +1,50 @@
+"""Crash-safe file writes (no torch: error paths use them before torch is imported).
+
+Write to a temporary name in the same folder, flush, fsync, then rename over the final name
+and fsync the folder: a kill at any instant leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
