@@ -47,6 +47,16 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(os.getcwd())
 
 
+def sweep_name() -> Optional[str]:
+    """``multirun/<date>/<time>`` for a job of a -m sweep, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(HydraConfig.get().sweep.dir)
+    return None
+
+
 def overrides_of() -> list:
     from hydra.core.hydra_config import HydraConfig
 
@@ -157,6 +167,8 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
         tracker = instantiate(cfg.logger, _partial_=True, _convert_="all")(
             run_dir=str(run_dir), is_main=dist.is_main, progress=cfg.loop.progress)
         tracker.config = config  # set after: instantiate would recurse into its _target_ nodes
+        if tracker.wandb_cfg is not None and not tracker.wandb_cfg.get("group"):
+            tracker.wandb_cfg["group"] = sweep_name()  # the jobs of one sweep, grouped
         # _partial_: the YAML's keys now, the built parts (which are not configs) in the call
         trainer = instantiate(cfg.loop, _partial_=True, _convert_="all")(
             model=model, optimizer=optimizer,

@@ -266,3 +266,18 @@ def test_upstream_resume_file_continues(cfg_factory, tmp_path):
     events = [json.loads(x) for x in (tmp_path / "dst" / "events.jsonl").read_text().splitlines()]
     resume = next(e for e in events if e["event"] == "resume")
     assert resume["upstream"] and resume["samples_in_epoch"] == 3 * 4  # 3 micro-batches of 4
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    run = tmp_path / "run"
+    base = FAST + ["logger=wandb", "loop.log_interval=1", f"hydra.run.dir={run}"]
+    r = run_launch(base + ["loop.max_steps=3"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = torch.load(run / "checkpoints" / "step_00000003.pt", weights_only=True)["wandb_id"]
+    assert first
+    r = run_launch(base + ["loop.max_steps=6"], cwd=tmp_path)  # continues: resume=auto
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(f"-{first}") for name in runs)
+    assert torch.load(run / "checkpoints" / "step_00000006.pt", weights_only=True)["wandb_id"] == first
