@@ -185,6 +185,8 @@ class LoopConfig:
     resume: str = "auto"
     # torch.compile the model
     compile: bool = False
+    # torch.compile backend: inductor (fast kernels); aot_eager / eager to debug compile issues
+    compile_backend: str = "inductor"
     # torch.cuda.empty_cache() after every optimizer step (upstream does; it costs time)
     empty_cache: bool = False
     # NaN/inf loss: stop (keep the last good checkpoint) or skip the update

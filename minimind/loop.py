@@ -115,6 +115,7 @@ class Trainer:
     def __init__(self, *, epochs: int, max_steps: Optional[int], log_interval: int,
                  save_interval: int, save_dir: Optional[str], save_weight: str,
                  weights_format: str, keep_last: int, resume: str, compile: bool,
+                 compile_backend: str,
                  empty_cache: bool, on_nan: str, max_nan_skips: int, progress: str,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
                  precision: Any, dataset: Any, dist: Any, tracker: Any, run_dir: str,
@@ -146,7 +147,9 @@ class Trainer:
         self.model_config = model_config if model_config is not None else getattr(model, "config", None)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.ddp_model = dist.wrap(model)
-        self.model = torch.compile(self.ddp_model) if compile else self.ddp_model
+        # compile the DDP wrapper (TorchDynamo splits graphs at DDP's buckets); state dicts and
+        # checkpoints always come from raw_model, so their keys carry no _orig_mod. prefix
+        self.model = torch.compile(self.ddp_model, backend=compile_backend) if compile else self.ddp_model
 
         # progress through the data (all global, identical on every rank)
         self.epoch = 0                 # current epoch (0-based)
@@ -215,7 +218,7 @@ class Trainer:
             # labels are still on the host: counting the window's loss tokens costs no sync
             n_local = sum(int(count_loss_tokens(y)) for _, y in window)
             if self.dist.distributed:
-                n = self.dist.all_reduce_sum(torch.tensor(float(n_local), device=dev))
+                n = self.dist.all_reduce_sum(torch.full((), float(n_local), device=dev))
                 # DDP averages gradients over ranks, hence the world size
                 token_scale = self.dist.world_size / n.clamp(min=1.0)
             else:
@@ -279,9 +282,8 @@ class Trainer:
         self._skipped += bad
         if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business, not a NaN
             self._nonfinite += bad
-            self._first_bad_step = torch.where((self._first_bad_step < 0) & finite.logical_not(),
-                                               torch.tensor(self.global_step + 1, device=self.device),
-                                               self._first_bad_step)
+            # masked_fill_ with a Python scalar: no host->device copy (torch.tensor(x, device=cuda) syncs)
+            self._first_bad_step.masked_fill_((self._first_bad_step < 0) & ~finite, self.global_step + 1)
         self._pending_tokens += tokens
         self.lr = lr
 

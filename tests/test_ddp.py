@@ -212,3 +212,11 @@ def test_world_size_change_continues_at_the_right_sample(two_rank_run, tmp_path)
     assert "step 8, epoch 1, 64 samples into the epoch" in log  # 8 steps x 2 micro x 2 x 2 ranks
     assert "world size 2 -> 1" in log and "not bit-exact" in log
     assert final_model(tmp_path / "run")["global_step"] == 12
+
+
+def test_torchrun_with_compile_matches_eager(two_rank_run, tmp_path):
+    r = torchrun(RUN + ["dist=ddp", "data.batch_size=2", "loop.compile=true", "loop.compile_backend=eager",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = final_model(tmp_path / "run")["model"], final_model(two_rank_run[0])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
