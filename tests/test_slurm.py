@@ -188,3 +188,19 @@ def test_launcher_config_gives_the_sbatch_parameters(tmp_path, monkeypatch):
                  "#SBATCH --constraint=a100", "#SBATCH --mem=64GB", "#SBATCH --cpus-per-task=8"):
         assert line in text, line
     OmegaConf.to_yaml(cfg.hydra.launcher)  # the node resolves
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_ddp_job_with_two_slurm_tasks(slurm, tmp_path):
+    """tasks_per_node=2 + dist=ddp: submitit starts two tasks; the ranks come from SLURM_* variables."""
+    sweep = sweep_dir(tmp_path)
+    r = run_launch(["-m", "dist=ddp", "hydra.launcher.tasks_per_node=2", *SLURM, *FAST, "loop.max_steps=6",
+                    "loop.log_interval=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = sweep / "0"
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    steps = [json.loads(x)["step"] for x in (job / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # written once, by rank 0
+    assert "launcher slurm" in (job / "train.log").read_text()
