@@ -214,21 +214,20 @@ class Trainer:
         dev = self.device
         lr = self.schedule.set_lr(self.optimizer, self.global_step)
         nb = dev.type == "cuda"
+        # labels are still on the host: counting loss tokens here costs no device sync
+        counts = [int(count_loss_tokens(y)) for _, y in window]
+        n_window = sum(counts)
         if self.loss_norm == "window_tokens":
-            # labels are still on the host: counting the window's loss tokens costs no sync
-            n_local = sum(int(count_loss_tokens(y)) for _, y in window)
-            if self.dist.distributed:
-                n = self.dist.all_reduce_sum(torch.full((), float(n_local), device=dev))
-                # DDP averages gradients over ranks, hence the world size
+            if self.dist.distributed:  # one all-reduce of the count; DDP then averages over ranks
+                n = self.dist.all_reduce_sum(torch.full((), float(n_window), device=dev))
                 token_scale = self.dist.world_size / n.clamp(min=1.0)
             else:
-                token_scale = 1.0 / max(n_local, 1)
+                token_scale = 1.0 / max(n_window, 1)
 
         loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
         aux_sum = torch.zeros((), device=dev)
         tokens = 0
-        n_window = 0
-        for i, (x, y) in enumerate(window):
+        for i, ((x, y), n_i) in enumerate(zip(window, counts)):
             x, y = x.to(dev, non_blocking=nb), y.to(dev, non_blocking=nb)
             with self._no_sync(i == k - 1):
                 with self.precision.autocast():
@@ -237,17 +236,12 @@ class Trainer:
                 aux = out.aux_loss
                 if self.loss_norm == "window_tokens":
                     loss = lm_sum * token_scale + aux / k
-                else:  # upstream: per-micro-batch mean, divided by the micro-batches
-                    n_i = count_loss_tokens(y)
-                    loss = lm_sum / (n_i.clamp(min=1) if torch.is_tensor(n_i) else max(n_i, 1)) / k + aux / k
+                else:  # upstream: the micro-batch's mean loss / the window's micro-batches
+                    loss = lm_sum / max(n_i, 1) / k + aux / k
                 self.scaler.scale(loss).backward()
             loss_sum += lm_sum.detach()
             aux_sum += aux.detach()
             tokens += x.numel()
-            if self.loss_norm != "window_tokens":
-                n_window += int(count_loss_tokens(window[i][1]))
-        if self.loss_norm == "window_tokens":
-            n_window = n_local
 
         self.scaler.unscale_(self.optimizer)
         if self.grad_clip is not None:
