@@ -1,0 +1,146 @@
+"""``python -m minimind.data.bench``: a tiny end-to-end run writes every number, and its helpers
+(generation, page-cache drop, the prefix-tokenization prototype) do what they say."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import run_launch
+
+from minimind.data import bench
+
+
+def _positive(d: dict, *keys: str) -> None:
+    for k in keys:
+        assert isinstance(d[k], (int, float)) and d[k] > 0, (k, d[k])
+
+
+def _check_common(res: dict, kind: str) -> None:
+    assert res["kind"] == kind
+    _positive(res["generate"], "bytes", "lines", "seconds")
+    _positive(res["page_cache"], "raw_read_cold_s", "raw_read_warm_s")
+    assert isinstance(res["page_cache"]["took_effect"], bool)
+    _positive(res["index"], "cold_construct_s", "cold_index_build_s", "warm_construct_s", "samples")
+    assert res["index"]["warm_cache_hit"] is True
+    _positive(res["profile"], "getitem_ms", "encode_ms", "chars_per_sample")
+    assert [r["workers"] for r in res["loader"]] == [0]
+    _positive(res["loader"][0], "samples_per_s", "batches_per_s", "samples_per_s_per_worker", "first_batch_s")
+    assert res["prototype_prefix"]["mismatches"] == 0 and res["prototype_prefix"]["checked"] > 0
+    _positive(res["prototype_prefix"]["loader"][0], "samples_per_s")
+    _positive(res["pretokenize"], "build_s", "slice_samples")
+    _positive(res["pretokenize"]["loader"][0], "samples_per_s")
+    for key in ("target", "rtx3090", "target_prototype_prefix", "target_pretokenized"):
+        _positive(res["gpu"][key], "gpu_samples_per_s", "loader_samples_per_s", "ratio")
+        assert isinstance(res["gpu"][key]["meets_5x"], bool)
+    assert res["gpu"]["target"]["gpu_ms_per_step"] == 10.0 and res["gpu"]["rtx3090"]["gpu_ms_per_step"] == 45.0
+    assert isinstance(res["targets"]["loader_ok"], bool)
+
+
+@pytest.mark.slow
+def test_cli_writes_every_number(tmp_path):
+    """sft with the training runs (cold and warm), pretrain without: about 45 s on 2 cores."""
+    common = ["--size-gb", "0.005", "--batches", "5", "--workers", "0", "--pretokenize-mb", "1"]
+    out = tmp_path / "sft.json"
+    proc = run_launch(["--kind", "sft", *common, "--train-steps", "2", "--json", str(out)], cwd=tmp_path,
+                      timeout=240, module=["-m", "minimind.data.bench"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "target loader 5x" in proc.stdout
+    res = json.loads(out.read_text())
+    _check_common(res, "sft")
+    for mode in ("cold", "warm"):
+        r = res["train"][mode]
+        _positive(r, "seconds_to_loop_start", "seconds_to_first_step", "wall_s", "peak_main_rss_mb",
+                  "peak_main_hwm_mb", "peak_tree_rss_mb", "peak_tree_pss_mb", "wait4_maxrss_mb",
+                  "rusage_children_maxrss_mb")
+        assert r["steps_logged"] == 2
+        assert r["seconds_to_loop_start"] <= r["seconds_to_first_step"] <= r["wall_s"]
+    t = res["targets"]
+    for k in ("rss_ok", "cold_ok", "warm_ok"):
+        assert isinstance(t[k], bool)
+    _positive(t, "peak_rss_main_mb", "first_step_cold_s", "first_step_warm_s")
+    assert not os.path.exists(res["dir"])  # the temp dir is gone
+
+    out = tmp_path / "pretrain.json"
+    proc = run_launch(["--kind", "pretrain", *common, "--skip-train", "--json", str(out)], cwd=tmp_path,
+                      timeout=120, module=["-m", "minimind.data.bench"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    _check_common(res, "pretrain")
+    assert "train" not in res and res["max_length"] == 340 and res["batch_size"] == 32
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft"])
+def test_generated_lines_are_valid_and_sized(tmp_path, kind):
+    from minimind.data.datasets import validate_pretrain, validate_sft
+
+    path = str(tmp_path / "x.jsonl")
+    g = bench.generate(kind, path, 300_000, seed=3)
+    data = open(path, "rb").read()
+    assert g["bytes"] == len(data) and 250_000 < len(data) <= 300_000
+    lines = data.splitlines()
+    assert len(lines) == g["lines"]
+    check = validate_pretrain if kind == "pretrain" else validate_sft
+    assert all(check(line) is None for line in lines)
+    objs = [json.loads(line) for line in lines]
+    if kind == "pretrain":
+        lengths = [len(o["text"]) for o in objs]
+        assert min(lengths) >= 450 and max(lengths) <= 3200
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in objs[0]["text"])  # mixed Chinese / English
+    else:
+        pairs = {sum(m["role"] == "assistant" for m in o["conversations"]) for o in objs}
+        assert pairs <= {1, 2, 3, 4} and len(pairs) > 1
+
+
+def test_page_cache_drop(tmp_path):
+    path = str(tmp_path / "x.jsonl")
+    bench.generate("pretrain", path, 2_000_000)
+    assert bench.drop_from_page_cache(path)
+    frac = bench.resident_fraction(path)
+    if frac is None:
+        pytest.skip("mincore unavailable")
+    assert 0.0 <= frac <= 1.0
+    bench.raw_read_seconds(path)
+    assert bench.resident_fraction(path) > 0.5  # read back in
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft"])
+def test_prefix_prototype_gives_the_same_items(tmp_path, kind):
+    path = str(tmp_path / "x.jsonl")
+    bench.generate(kind, path, 1_000_000, seed=5)
+    for max_length in (16, 64, 340):
+        ds, _ = bench.construct(kind, path, None, max_length)
+        proto, _ = bench.construct(kind, path, None, max_length, cls=bench.PROTOTYPES[kind])
+        assert bench.check_same(ds, proto, n=100) == {"checked": 100, "mismatches": 0}
+        assert ds.stats()["truncated"] == proto.stats()["truncated"] > 0
+
+
+def test_gpu_compare_arithmetic():
+    c = bench.gpu_compare(8000.0, 1000.0, 16, 340, 10.0)
+    assert c["gpu_samples_per_s"] == 1600.0 and c["ratio"] == 5.0 and c["meets_5x"]
+    assert c["workers_needed_for_5x"] == 8
+    rows = [{"workers": 0, "samples_per_s": 500.0, "samples_per_s_per_worker": 500.0},
+            {"workers": 2, "samples_per_s": 900.0, "samples_per_s_per_worker": 450.0}]
+    assert bench.best_and_per_worker(rows) == (900.0, 450.0)
+    rows[1]["samples_per_s"] = 400.0  # workers did not help: nothing to project
+    assert bench.best_and_per_worker(rows) == (500.0, None)
+
+
+def test_prefix_encode_matches_the_full_encode_on_awkward_text():
+    """Specials, runs of spaces, digits, contractions, CJK and punctuation cut anywhere."""
+    import random
+
+    from minimind.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    rng = random.Random(0)
+    pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", "|>", " ", "   ", "\n", "\n\n", "'s", "'t",
+              "don't", "abc", "Hello", "123", "4.5", "，", "。", "你好世界", "？！", "...", "__", "<", "|", "a_b",
+              "\t", "x", "Ω≈ç", "😀", "\u00a0"]
+    for trial in range(300):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(20, 400)))
+        limit = rng.choice([1, 5, 16, 64, 200])
+        for special in (False, True):
+            want = tok.encode(text, add_special_tokens=special)[:limit + 1]
+            assert bench.prefix_encode(tok, text, limit, special) == want, (trial, limit, text)
