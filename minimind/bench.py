@@ -1,8 +1,10 @@
 """Benchmark the framework's update step against a hand-written PyTorch loop, in one process.
 
     python -m minimind.bench --model tiny --batch-size 16 --seq-len 128 --vocab-size 768
-    python -m minimind.bench --model minimind2_26m --batch-size 4 --seq-len 256 --steps 3 --rounds 7
-    python -m minimind.bench --model minimind2_26m --precision bf16 --batch-size 16 --seq-len 340 --compile
+    python -m minimind.bench --model minimind2_26m --batch-size 4 --seq-len 256 --steps 1 --rounds 80 \
+        --idle-threshold 0.1 --wait-idle 120                     # a shared CPU machine
+    python -m minimind.bench --model minimind2_26m --device cuda --precision bf16 --batch-size 16 \
+        --seq-len 340 --steps 20 --warmup 10 --rounds 10 --compile
     python -m minimind.bench --startup          # launch.py --help / --cfg job: wall time, heavy imports
 
 Two paths run on the same initial weights and the same synthetic batches (random token ids,
@@ -19,6 +21,12 @@ After each path's warm-up (compile needs it), the two alternate in ``--rounds`` 
 order flips every round so neither always runs on a warmer cache); each round times ``--steps``
 optimizer steps per path. Reported per path: ms per optimizer step (median over rounds), tokens/s
 (batch * seq * accum / that median), peak memory and, on GPU, MFU; and framework / bare tokens/s.
+Also the median of the per-round ratios with a bootstrap 95% CI: each compares two segments run
+seconds apart, so it holds up when the machine's speed drifts (a VM with noisy neighbours).
+On a CPU shared with other jobs, ``--idle-threshold`` drops the rounds during which other
+processes used CPU (from /proc/stat) and ``--wait-idle`` waits for a quiet moment before each
+round: one busy neighbour slows a 2-thread OpenMP pool several-fold. GPU timings synchronise the
+device only around the timed segments.
 
 Memory: both paths live in the same process, so every figure includes both models and both
 optimizers. CPU: the peak resident set (VmHWM) of the process during each path's timed steps,
@@ -176,6 +184,20 @@ def other_cpu(before, after) -> Optional[float]:
     return max(0.0, others) / max(wall, 1e-9)
 
 
+def wait_for_idle(threshold: Optional[float], limit_s: float, probe_s: float = 1.0) -> float:
+    """Sleep until other processes use at most ``threshold`` cores over ``probe_s`` (or ``limit_s``
+    passed); returns the seconds waited. For shared CPU machines, where a neighbour's job
+    slows a 2-thread OpenMP pool several-fold."""
+    t0 = time.perf_counter()
+    threshold = 0.1 if threshold is None else threshold
+    while True:
+        a = cpu_snapshot()
+        time.sleep(probe_s)
+        o = other_cpu(a, cpu_snapshot())
+        if o is None or o <= threshold or time.perf_counter() - t0 > limit_s:
+            return time.perf_counter() - t0
+
+
 # ============================================================================ the two paths
 
 def compose_config(overrides: Sequence[str]):
@@ -275,13 +297,25 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def bootstrap_ci(xs: Sequence[float], stat=_median, n: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> Tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``stat`` over ``xs`` (rounds resampled)."""
+    import random
+
+    rng = random.Random(seed)
+    xs = list(xs)
+    stats = sorted(stat([rng.choice(xs) for _ in xs]) for _ in range(n))
+    lo = stats[int((1 - level) / 2 * (n - 1))]
+    hi = stats[int((1 + level) / 2 * (n - 1))]
+    return lo, hi
+
+
 def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     import copy
 
     import torch
 
     from minimind.model import num_parameters
-    from minimind.optim import CosineSchedule
     from minimind.precision import _DTYPES
     from minimind.train import build_trainer
 
@@ -300,9 +334,8 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             bare = BareLoop(bare_model, cfg, device, dtype, bool(args.compile), cfg.optim.grad_clip,
                             args.accum)
             total = args.warmup + args.rounds * args.steps
-            # fit() does this once the run length is known
-            trainer.schedule = CosineSchedule(lr=cfg.optim.lr, min_ratio=cfg.optim.min_lr_ratio,
-                                              warmup_steps=0, total_steps=max(total, 1))
+            # fit() does this once the run length is known (a minimind.optim.CosineSchedule)
+            trainer.schedule = trainer.schedule_factory(total_steps=max(total, 1))
             trainer.raw_model.train()
             bare_model.train()
             windows = make_windows(min(max(args.steps, 1), 8), args.accum, args.batch_size,
@@ -329,13 +362,15 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                 sync()
                 t_warm[name] = time.perf_counter() - t0
 
-            snap0 = cpu_snapshot()
             others: List[Optional[float]] = []
             times: Dict[str, List[float]] = {n: [] for n in paths}
             peak: Dict[str, float] = {n: 0.0 for n in paths}
             rss_now: Dict[str, float] = {n: 0.0 for n in paths}
+            waited = 0.0
             for r in range(args.rounds):
                 order = ["framework", "bare"] if r % 2 == 0 else ["bare", "framework"]
+                if args.wait_idle > 0:
+                    waited += wait_for_idle(args.idle_threshold, args.wait_idle)
                 snap_r = cpu_snapshot()
                 for name in order:
                     fn = paths[name]
@@ -349,13 +384,22 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                     peak[name] = max(peak[name], probe.peak_mb())
                     rss_now[name] = max(rss_now[name], current_rss_mb() or 0.0)
                 others.append(other_cpu(snap_r, cpu_snapshot()))
-            other_all = other_cpu(snap0, cpu_snapshot())
+            measured = [o for o in others if o is not None]
+            # mean over the timed rounds only (not the waits before them)
+            other_all = sum(measured) / len(measured) if measured else None
             load_after = os.getloadavg()
 
+            # rounds during which other processes took CPU are dropped from the statistics
+            # (--idle-threshold); all of them if that would leave none
+            keep = [i for i, o in enumerate(others)
+                    if args.idle_threshold is None or o is None or o <= args.idle_threshold]
+            if not keep:
+                keep = list(range(args.rounds))
+            kept = {n: [t[i] for i in keep] for n, t in times.items()}
             tokens_per_step = args.batch_size * args.seq_len * args.accum
-            ms = {n: _median(t) * 1e3 for n, t in times.items()}
+            ms = {n: _median(t) * 1e3 for n, t in kept.items()}
             tps = {n: tokens_per_step / (ms[n] / 1e3) for n in paths}
-            ratios = [f / b for f, b in zip(times["bare"], times["framework"])]
+            ratios = [b / f for f, b in zip(kept["framework"], kept["bare"])]
             n_params = num_parameters(trainer.raw_model)
             fpt = flops_per_token(n_params, model_cfg.num_hidden_layers, model_cfg.num_attention_heads,
                                   model_cfg.resolved_head_dim, args.seq_len)
@@ -365,11 +409,20 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                 "framework_tokens_per_s": tps["framework"],
                 "bare_tokens_per_s": tps["bare"],
                 "ratio": tps["framework"] / tps["bare"],
+                # framework/bare of the two paths' times within each round: pairs measured close in
+                # time, so this is robust to the machine's speed drifting between rounds
+                "ratio_paired_median": _median(ratios),
+                "ratio_paired_ci95": list(bootstrap_ci(ratios)),
                 "ratio_per_round": ratios,
+                "ratio_min_times": min(kept["bare"]) / min(kept["framework"]),
+                "rounds_kept": len(keep),
+                "idle_threshold": args.idle_threshold,
+                "waited_for_idle_s": waited,
                 "framework_ms_per_step": ms["framework"],
                 "bare_ms_per_step": ms["bare"],
                 "framework_ms_per_step_rounds": [t * 1e3 for t in times["framework"]],
                 "bare_ms_per_step_rounds": [t * 1e3 for t in times["bare"]],
+                "rounds_kept_index": keep,
                 "peak_mem_mb": peak["framework"],
                 "bare_peak_mem_mb": peak["bare"],
                 "peak_mem_kind": probe.kind,
@@ -388,6 +441,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                 "load_avg_after": list(load_after),
                 # busy cores used by other processes during the timed rounds (0 = machine idle)
                 "other_cpu_cores": other_all,
+                "other_cpu_cores_kept_max": max((others[i] or 0.0) for i in keep) if others else None,
                 "other_cpu_cores_per_round": others,
                 "model": args.model,
                 "params": n_params,
@@ -432,7 +486,8 @@ def format_result(r: Dict[str, Any]) -> str:
         f"compile={r['compile']}, device {r['device']} [{r['device_name']}], torch {r['torch']}",
         f"{r['rounds']} rounds x {r['steps']} steps per path after {r['warmup']} warm-up steps; "
         f"load average {r['load_avg_before'][0]:.2f} -> {r['load_avg_after'][0]:.2f}, "
-        f"other processes used {fmt(r['other_cpu_cores'], '.2f')} cores during the timed rounds",
+        f"other processes used {fmt(r['other_cpu_cores'], '.2f')} cores on average during the timed "
+        f"rounds; {r['rounds_kept']} of {r['rounds']} rounds kept (max {fmt(r['other_cpu_cores_kept_max'], '.2f')})",
         "",
         f"{'path':<10} {'tokens/s':>12} {'ms/step':>10} {'min..max ms':>17} {'peak MB':>9} {'MFU':>7}",
     ]
@@ -446,8 +501,9 @@ def format_result(r: Dict[str, Any]) -> str:
     rr = r["ratio_per_round"]
     lines += [
         "",
-        f"ratio framework/bare (tokens/s): {r['ratio']:.3f}   per round: min {min(rr):.3f}, "
-        f"median {_median(rr):.3f}, max {max(rr):.3f}",
+        f"ratio framework/bare (tokens/s): {r['ratio']:.3f}",
+        f"paired per round: median {r['ratio_paired_median']:.3f} (95% CI {r['ratio_paired_ci95'][0]:.3f}"
+        f"..{r['ratio_paired_ci95'][1]:.3f}), min {min(rr):.3f}, max {max(rr):.3f}",
         f"peak memory: {r['peak_mem_kind']}; both paths share the process (both models + optimizers)",
     ]
     return "\n".join(lines)
@@ -542,6 +598,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=_clip, default=1.0, help="max grad norm, or none")
     p.add_argument("--vocab-size", type=int, default=6400,
                    help="model.vocab_size (0: the config's, i.e. the tokenizer's for tiny)")
+    p.add_argument("--idle-threshold", type=float, default=None, metavar="CORES",
+                   help="drop rounds during which other processes used more than CORES cores "
+                        "(CPU machines shared with other jobs; default: keep every round)")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                   help="before each round, wait up to S seconds for other processes to stay under "
+                        "--idle-threshold (default 0.1 cores) for a second")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's, i.e. the cores)")
     p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")

@@ -217,15 +217,11 @@ def test_no_empty_cache_by_default(cfg_factory):
     assert cfg_factory(QUIET).loop.empty_cache is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "minimind/loop.py Trainer._account builds torch.tensor(self.global_step + 1, device=self.device) "
-    "every step: on CUDA that is a blocking host->device copy (cudaMemcpyAsync + "
-    "cudaStreamSynchronize, pytorch/pytorch#120996), i.e. a full sync per step in fp32/bf16. Fix: "
-    "self._first_bad_step.masked_fill_((self._first_bad_step < 0) & ~finite, self.global_step + 1). "
-    "Remove this marker with the fix."))
 def test_train_step_copies_no_python_value_to_the_device(cfg_factory, tmp_path, monkeypatch):
-    """``torch.tensor(value, device=dev)`` inside the step is a synchronous copy on CUDA; use
-    ``torch.full`` / ``masked_fill_`` / a Python scalar argument, which pass the value to the kernel."""
+    """``torch.tensor(value, device=dev)`` inside the step is a blocking host->device copy on CUDA
+    (cudaMemcpyAsync + cudaStreamSynchronize: a full sync, pytorch/pytorch#120996) that none of the
+    read checks above sees. ``torch.full`` / ``masked_fill_`` / a Python scalar argument pass the
+    value to the kernel instead. (Trainer._account did this with the first bad step until 5e8fba2.)"""
     trainer = make_trainer(cfg_factory, tmp_path)
     windows = real_windows(trainer, 2)
     made = []
