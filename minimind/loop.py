@@ -166,12 +166,14 @@ class Trainer:
         # device-side accumulators, read only at log / save time
         dev = self.device
         self._zero = torch.zeros((), device=dev)
-        self._interval = torch.zeros(2, device=dev, dtype=torch.float64)  # loss sum, loss tokens
-        self._last = torch.zeros(3, device=dev, dtype=torch.float64)      # loss sum, tokens, aux
+        # (kept minimal: each device op here is one more kernel launch per optimizer step)
+        self.is_moe = bool(getattr(self.model_config, "use_moe", False))
+        self._last: Optional[Tuple[torch.Tensor, int, Any]] = None  # the last window: loss sum, tokens, aux
+        self._interval_loss = torch.zeros((), device=dev, dtype=torch.float64)  # since the last log line
+        self._interval_n = 0                                                    # its loss tokens (host)
         self._grad_norm = torch.zeros((), device=dev)
-        self._skipped = torch.zeros((), device=dev, dtype=torch.int64)
-        self._nonfinite = torch.zeros((), device=dev, dtype=torch.int64)
-        self._first_bad_step = torch.full((), -1, device=dev, dtype=torch.int64)
+        self._skipped = torch.zeros((), device=dev, dtype=torch.int64)          # fp16 overflow steps
+        self._first_bad_step = torch.full((), -1, device=dev, dtype=torch.int64)  # on_nan=stop
         self._nan_run = 0  # on_nan=skip: skipped updates in a row (host int, checked per step)
         self.nan_skips = 0
         self.history: List[Dict[str, Any]] = []
@@ -224,23 +226,22 @@ class Trainer:
             else:
                 token_scale = 1.0 / max(n_window, 1)
 
-        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-        aux_sum = torch.zeros((), device=dev)
-        tokens = 0
+        loss_sum, aux_sum, tokens = 0, 0, 0
         for i, ((x, y), n_i) in enumerate(zip(window, counts)):
             x, y = x.to(dev, non_blocking=nb), y.to(dev, non_blocking=nb)
             with self._no_sync(i == k - 1):
                 with self.precision.autocast():
                     out = self.model(x)
                 lm_sum = causal_lm_loss(out.logits, y, reduction="sum")
-                aux = out.aux_loss
                 if self.loss_norm == "window_tokens":
-                    loss = lm_sum * token_scale + aux / k
+                    loss = lm_sum * token_scale
                 else:  # upstream: the micro-batch's mean loss / the window's micro-batches
-                    loss = lm_sum / max(n_i, 1) / k + aux / k
+                    loss = lm_sum / (max(n_i, 1) * k)
+                if self.is_moe:  # upstream: (LM loss + aux loss) / accumulation_steps
+                    loss = loss + out.aux_loss / k
+                    aux_sum = aux_sum + out.aux_loss.detach()
                 self.scaler.scale(loss).backward()
-            loss_sum += lm_sum.detach()
-            aux_sum += aux.detach()
+            loss_sum = loss_sum + lm_sum.detach()
             tokens += x.numel()
 
         self.scaler.unscale_(self.optimizer)
@@ -254,7 +255,7 @@ class Trainer:
             if not bool(finite):  # the one per-step host read, only in this opt-in mode
                 self.optimizer.zero_grad(set_to_none=True)
                 self._after_nan_skip()
-                self._account(loss_sum, n_window, aux_sum, k, grad_norm, finite, tokens, lr)
+                self._account(loss_sum, n_window, aux_sum / k, grad_norm, finite, tokens, lr)
                 return
             self._nan_run = 0
         self.scaler.step(self.optimizer)  # fp16: skipped when the gradients overflowed
@@ -262,22 +263,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.empty_cache and dev.type == "cuda":
             torch.cuda.empty_cache()
-        self._account(loss_sum, n_window, aux_sum, k, grad_norm, finite, tokens, lr)
+        self._account(loss_sum, n_window, aux_sum / k, grad_norm, finite, tokens, lr)
 
-    def _account(self, loss_sum, n_window, aux_sum, k, grad_norm, finite, tokens, lr) -> None:
-        """Fold one step into the device-side accumulators (no host sync)."""
-        self._last[0] = loss_sum
-        self._last[1] = float(n_window)
-        self._last[2] = aux_sum / k
-        self._interval[0] += loss_sum
-        self._interval[1] += float(n_window)
-        self._grad_norm = grad_norm.detach()
-        bad = (~finite).to(torch.int64)
-        self._skipped += bad
-        if not self.scaler.is_enabled():  # fp16 overflow is the scaler's business, not a NaN
-            self._nonfinite += bad
+    def _account(self, loss_sum, n_window, aux, grad_norm, finite, tokens, lr) -> None:
+        """Fold one step into the accumulators: references and host ints, few device ops, no sync."""
+        self._last = (loss_sum, n_window, aux)
+        self._interval_loss += loss_sum
+        self._interval_n += n_window
+        self._grad_norm = grad_norm
+        if self.scaler.is_enabled():  # fp16: a non-finite gradient means the scaler skipped the step
+            self._skipped += finite.logical_not()
+        elif self.on_nan == "stop":
             # masked_fill_ with a Python scalar: no host->device copy (torch.tensor(x, device=cuda) syncs)
-            self._first_bad_step.masked_fill_((self._first_bad_step < 0) & ~finite, self.global_step + 1)
+            self._first_bad_step.masked_fill_((self._first_bad_step < 0) & finite.logical_not(),
+                                              self.global_step + 1)
         self._pending_tokens += tokens
         self.lr = lr
 
@@ -296,11 +295,12 @@ class Trainer:
         """on_nan=stop: a NaN/inf step since the last check ends the run before anything is saved."""
         if self.on_nan != "stop" or self.scaler.is_enabled():
             return
-        bad = int(self._nonfinite.item())
-        if self.dist.distributed:
-            bad = int(self.dist.all_reduce_sum(torch.tensor(float(bad), device=self.device)).item())
-        if bad:
-            step = int(self._first_bad_step.item())
+        first = self._first_bad_step.clone()
+        if self.dist.distributed:  # the same on every rank (gradients are all-reduced); agree anyway
+            tdist_max = torch.distributed.ReduceOp.MAX
+            torch.distributed.all_reduce(first, op=tdist_max)
+        step = int(first.item())
+        if step >= 0:
             last = self.ckpt.list()
             kept = f"the last good checkpoint is {last[0]}" if last else "no checkpoint was written yet"
             raise TrainingError(
@@ -326,12 +326,18 @@ class Trainer:
         self._check_finite()
         self._sync_tokens()
         interval_tokens, self._interval_tokens = self._interval_tokens, 0
-        # one host read per log interval: [last loss sum, its tokens, aux, interval sum, tokens]
-        vals = self.dist.all_reduce_sum(torch.cat([self._last, self._interval])).tolist()
-        loss = vals[0] / max(vals[1], 1.0)
-        loss_avg = vals[3] / max(vals[4], 1.0)
-        aux = vals[2] / self.dist.world_size
-        self._interval.zero_()
+        # one host read per log interval: last window's loss sum + tokens + aux, interval sum + tokens
+        last_loss, last_n, last_aux = self._last
+        vals = torch.stack([torch.as_tensor(last_loss, dtype=torch.float64, device=self.device),
+                            torch.as_tensor(last_aux, dtype=torch.float64, device=self.device),
+                            self._interval_loss])
+        counts = torch.tensor([last_n, self._interval_n], dtype=torch.float64, device=self.device)
+        vals = self.dist.all_reduce_sum(torch.cat([vals, counts])).tolist()
+        loss = vals[0] / max(vals[3], 1.0)
+        aux = vals[1] / self.dist.world_size
+        loss_avg = vals[2] / max(vals[4], 1.0)
+        self._interval_loss.zero_()
+        self._interval_n = 0
         now = time.time()
         per_step = (now - t_start) / max(steps_this_run, 1)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
@@ -345,14 +351,14 @@ class Trainer:
             "lr": self.lr,
             "grad_norm": float(self._grad_norm.item()),
             "scale": scale,
-            "skipped": int(self._skipped.item()),  # fp16 overflows and skipped NaN updates
+            "skipped": int(self._skipped.item()) + self.nan_skips,  # fp16 overflows + skipped NaN updates
             "tokens": self.tokens_seen,
             "tokens_per_s": interval_tokens / max(now - interval_t0, 1e-9),
             "elapsed_s": now - t_start,
             "eta_s": per_step * (total_steps - self.global_step),
             "samples_in_epoch": self.samples_in_epoch,
         }
-        if getattr(self.model_config, "use_moe", False):
+        if self.is_moe:
             metrics["aux_loss"] = aux
         self.final_loss = loss
         self.best_loss = loss if self.best_loss is None else min(self.best_loss, loss)
@@ -374,7 +380,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "batch_size": self.batch_size,
             "accumulation_steps": self.accum,
-            "interval": self._interval.tolist(),
+            "interval": [float(self._interval_loss), self._interval_n],
             "skipped": int(self._skipped.item()),
             "nan_skips": self.nan_skips,
             "best_loss": self.best_loss,
@@ -463,7 +469,8 @@ class Trainer:
         self.nan_skips = int(s.get("nan_skips", 0))
         self.best_loss, self.final_loss = s.get("best_loss"), s.get("final_loss")
         self._skipped.fill_(int(s.get("skipped", 0)))
-        self._interval.copy_(torch.tensor(s["interval"], dtype=torch.float64))
+        self._interval_loss.fill_(float(s["interval"][0]))
+        self._interval_n = int(s["interval"][1])
         saved_ws = int(s["world_size"])
         rngs = s.get("rng") or []
         same_layout = saved_ws == self.dist.world_size and s.get("batch_size") == self.batch_size

@@ -1,5 +1,6 @@
 """``python -m minimind.data.bench``: a tiny end-to-end run writes every number, and its helpers
-(generation, page-cache drop, the prefix-tokenization prototype) do what they say."""
+(generation, page-cache drop, the GPU arithmetic) do what they say. The exactness of the datasets'
+prefix tokenization is tested in ``test_data_prefix.py``."""
 
 from __future__ import annotations
 
@@ -24,14 +25,14 @@ def _check_common(res: dict, kind: str) -> None:
     assert isinstance(res["page_cache"]["took_effect"], bool)
     _positive(res["index"], "cold_construct_s", "cold_index_build_s", "warm_construct_s", "samples")
     assert res["index"]["warm_cache_hit"] is True
-    _positive(res["profile"], "getitem_ms", "encode_ms", "chars_per_sample")
+    _positive(res["profile"], "getitem_ms", "encode_ms", "encode_prefix_ms", "chars_per_sample")
     assert [r["workers"] for r in res["loader"]] == [0]
     _positive(res["loader"][0], "samples_per_s", "batches_per_s", "samples_per_s_per_worker", "first_batch_s")
-    assert res["prototype_prefix"]["mismatches"] == 0 and res["prototype_prefix"]["checked"] > 0
-    _positive(res["prototype_prefix"]["loader"][0], "samples_per_s")
+    assert "prototype_prefix" not in res  # the datasets themselves tokenize only what they keep
     _positive(res["pretokenize"], "build_s", "slice_samples")
+    assert res["pretokenize"]["mismatches"] == 0 and res["pretokenize"]["checked"] > 0
     _positive(res["pretokenize"]["loader"][0], "samples_per_s")
-    for key in ("target", "rtx3090", "target_prototype_prefix", "target_pretokenized"):
+    for key in ("target", "rtx3090", "target_pretokenized"):
         _positive(res["gpu"][key], "gpu_samples_per_s", "loader_samples_per_s", "ratio")
         assert isinstance(res["gpu"][key]["meets_5x"], bool)
     assert res["gpu"]["target"]["gpu_ms_per_step"] == 10.0 and res["gpu"]["rtx3090"]["gpu_ms_per_step"] == 45.0
@@ -106,14 +107,18 @@ def test_page_cache_drop(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "sft"])
-def test_prefix_prototype_gives_the_same_items(tmp_path, kind):
+def test_check_same_and_profile_on_generated_data(tmp_path, kind):
+    """The bench's item comparison and per-sample profile (which asserts that the prefix the
+    datasets tokenize gives the full encoding's first ids) on generated data."""
     path = str(tmp_path / "x.jsonl")
     bench.generate(kind, path, 1_000_000, seed=5)
-    for max_length in (16, 64, 340):
+    for max_length in (16, 340):
         ds, _ = bench.construct(kind, path, None, max_length)
-        proto, _ = bench.construct(kind, path, None, max_length, cls=bench.PROTOTYPES[kind])
-        assert bench.check_same(ds, proto, n=100) == {"checked": 100, "mismatches": 0}
-        assert ds.stats()["truncated"] == proto.stats()["truncated"] > 0
+        pre, _ = bench.construct(kind, path, None, max_length, pretokenize=True)
+        assert bench.check_same(ds, pre, n=100) == {"checked": 100, "mismatches": 0}
+        assert ds.stats()["truncated"] == pre.stats()["truncated"] > 0
+        prof = bench.profile_samples(ds, kind, n=20)
+        assert prof["encode_prefix_ms"] > 0 and 0 < prof["text_fraction_needed"] <= 1
 
 
 def test_gpu_compare_arithmetic():
@@ -125,22 +130,3 @@ def test_gpu_compare_arithmetic():
     assert bench.best_and_per_worker(rows) == (900.0, 450.0)
     rows[1]["samples_per_s"] = 400.0  # workers did not help: nothing to project
     assert bench.best_and_per_worker(rows) == (500.0, None)
-
-
-def test_prefix_encode_matches_the_full_encode_on_awkward_text():
-    """Specials, runs of spaces, digits, contractions, CJK and punctuation cut anywhere."""
-    import random
-
-    from minimind.data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(None)
-    rng = random.Random(0)
-    pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_", "|>", " ", "   ", "\n", "\n\n", "'s", "'t",
-              "don't", "abc", "Hello", "123", "4.5", "，", "。", "你好世界", "？！", "...", "__", "<", "|", "a_b",
-              "\t", "x", "Ω≈ç", "😀", "\u00a0"]
-    for trial in range(300):
-        text = "".join(rng.choice(pieces) for _ in range(rng.randint(20, 400)))
-        limit = rng.choice([1, 5, 16, 64, 200])
-        for special in (False, True):
-            want = tok.encode(text, add_special_tokens=special)[:limit + 1]
-            assert bench.prefix_encode(tok, text, limit, special) == want, (trial, limit, text)

@@ -32,9 +32,9 @@ Steps (each reported, ``--json`` writes every number):
    must produce at least 5x that. Per-worker rates are reported because this machine has 2 cores
    and a GPU node many more: the rate scales with workers until the cores run out.
 
-Plus a per-sample profile (read, parse, render, tokenize, labels) of the lazy ``__getitem__``,
-and the loader rate of a prototype fix (:func:`prefix_encode`: tokenize only the prefix of each
-text that survives truncation), checked item for item against the real datasets.
+Plus a per-sample profile of the lazy ``__getitem__`` (read, parse, render, tokenizing the whole
+text against the prefix the dataset tokenizes, labels), and a check that the pretokenized items
+are the lazy ones.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -543,8 +542,10 @@ def loader_rate(dataset, batch_size: int, workers: int, n_batches: int, warmup: 
 # ============================================================================ per-sample profile
 
 def profile_samples(dataset, kind: str, n: int = 200, seed: int = 0) -> Dict[str, Any]:
-    """Where the lazy ``__getitem__`` spends its time (ms per sample, medians over ``n`` lines)."""
-    from minimind.data.datasets import assistant_labels
+    """Where the lazy ``__getitem__`` spends its time (ms per sample, medians over ``n`` lines).
+    ``encode`` tokenizes the whole text (what the datasets did before); ``encode_prefix`` is what
+    they do: only as much of the text as the kept tokens need (the same ids)."""
+    from minimind.data.datasets import assistant_label_rows
 
     rng = random.Random(seed)
     idx = [rng.randrange(len(dataset)) for _ in range(n)]
@@ -552,7 +553,8 @@ def profile_samples(dataset, kind: str, n: int = 200, seed: int = 0) -> Dict[str
     t: Dict[str, List[float]] = {k: [] for k in ("read", "parse", "render", "encode", "encode_prefix",
                                                  "labels", "getitem")}
     chars, tokens, needed = [], [], []
-    limit = dataset.max_length - (2 if kind == "pretrain" else 0)
+    limit = dataset.max_length - (2 if kind == "pretrain" and dataset.add_bos_eos else 0)
+    special = kind == "sft" or not dataset.add_bos_eos
     for i in idx:
         a = time.perf_counter()
         raw = dataset.index.line(i)
@@ -561,19 +563,18 @@ def profile_samples(dataset, kind: str, n: int = 200, seed: int = 0) -> Dict[str
         c = time.perf_counter()
         text = obj["text"] if kind == "pretrain" else dataset.render(obj["conversations"])
         d = time.perf_counter()
-        enc = tok.backend.encode(text, add_special_tokens=False)
+        enc = tok.backend.encode(text, add_special_tokens=special)
         e = time.perf_counter()
         ids = enc.ids
-        # what truncating the text first would cost: the characters the first `limit` tokens use
-        cut = enc.offsets[min(limit, len(ids)) - 1][1] if ids else 0
-        prefix = text[:cut + 64]
         e1 = time.perf_counter()
-        tok.encode(prefix)
+        kept = tok.encode_prefix(text, limit, add_special_tokens=special)
         e2 = time.perf_counter()
+        assert kept == ids[:limit + 1], f"prefix encoding differs from the full encoding on sample {i}"
         if kind == "sft":
-            padded = dataset._pad(ids[:dataset.max_length])
+            row = np.full((1, dataset.max_length), tok.pad_token_id, dtype=np.int64)
+            row[0, :min(len(ids), dataset.max_length)] = ids[:dataset.max_length]
             f0 = time.perf_counter()
-            assistant_labels(padded, dataset.assistant_start, dataset.assistant_end)
+            assistant_label_rows(row, dataset.assistant_start, dataset.assistant_end)
             f1 = time.perf_counter()
             t["labels"].append(f1 - f0)
         g0 = time.perf_counter()
@@ -587,100 +588,15 @@ def profile_samples(dataset, kind: str, n: int = 200, seed: int = 0) -> Dict[str
         t["getitem"].append(g1 - g0)
         chars.append(len(text))
         tokens.append(len(ids))
-        needed.append(min(1.0, (cut + 64) / max(len(text), 1)))
+        # the characters the first `limit` tokens use
+        cut = enc.offsets[min(limit, len(ids)) - 1][1] if ids else 0
+        needed.append(min(1.0, cut / max(len(text), 1)))
     out = {f"{k}_ms": statistics.median(v) * 1e3 for k, v in t.items() if v}
     out.update({"samples": n, "chars_per_sample": statistics.median(chars),
                 "tokens_per_sample_untruncated": statistics.median(tokens),
                 "truncated_fraction": sum(x > limit for x in tokens) / n,
                 "text_fraction_needed": statistics.median(needed)})
     return out
-
-
-# ============================================================================ a prototype fix
-
-# A letter or digit followed by punctuation: with a byte-level BPE's pre-tokenizer (GPT-2
-# regex: letters, digits, punctuation runs, whitespace) a pre-token always ends there, in the
-# text and in any prefix of it that ends there; BPE works within pre-tokens, so the prefix's
-# tokens are the text's first tokens. "'" is left out (contractions such as 's).
-_CUT = re.compile(r"[^\W_](?=[^\w\s'])")
-
-
-def _added_tokens(tok) -> List[str]:
-    cached = getattr(tok, "_bench_added", None)
-    if cached is None:
-        try:
-            cached = [t.content for t in tok.backend.get_added_tokens_decoder().values() if t.content]
-        except AttributeError:
-            cached = []
-        tok._bench_added = cached
-    return cached
-
-
-def _safe_cut(tok, text: str, n: int, window: int = 256) -> int:
-    """The last position <= n where the text can be cut without changing the tokens before it
-    (0 if none in the window): a letter/digit -> punctuation boundary that no added token spans."""
-    lo = max(0, n - window)
-    added = _added_tokens(tok)
-    longest = max((len(t) for t in added), default=0)
-    for m in reversed(list(_CUT.finditer(text, lo, n))):
-        c = m.end()
-        near = text[max(0, c - longest):c + longest]
-        if not any(t in near and _spans(text, t, c, longest) for t in added):
-            return c
-    return 0
-
-
-def _spans(text: str, token: str, c: int, longest: int) -> bool:
-    start = text.find(token, max(0, c - longest))
-    while start != -1 and start < c:
-        if start + len(token) > c:
-            return True
-        start = text.find(token, start + 1)
-    return False
-
-
-def prefix_encode(tok, text: str, limit: int, add_special_tokens: bool) -> List[int]:
-    """The first ``limit + 1`` ids of ``text`` (all of them if it has fewer), encoding only a
-    prefix of it where a prefix ending at a safe cut (see ``_CUT``) has enough tokens.
-
-    A benchmark prototype of a fix for ``PretrainDataset``/``SFTDataset``, which encode the
-    whole text and keep ``max_length`` tokens; the bench checks its items against theirs.
-    Only for byte-level BPE tokenizers without a normalizer (MiniMind's); others: full encode.
-    """
-    backend = tok.backend
-    if type(backend.pre_tokenizer).__name__ != "ByteLevel" or backend.normalizer is not None:
-        return tok.encode(text, add_special_tokens=add_special_tokens)[:limit + 1]
-    cpt = getattr(tok, "_bench_cpt", 1.0)  # characters per token seen so far (this process)
-    n = int((limit + 1) * cpt * 1.15) + 16
-    while n < len(text):
-        c = _safe_cut(tok, text, n)
-        if c:
-            ids = backend.encode(text[:c], add_special_tokens=add_special_tokens).ids
-            if len(ids) > limit:
-                tok._bench_cpt = 0.9 * cpt + 0.1 * c / len(ids)
-                return ids[:limit + 1]
-        n = int(n * 1.5) + 64
-    return tok.encode(text, add_special_tokens=add_special_tokens)[:limit + 1]
-
-
-class _PrefixPretrain(PretrainDataset):
-    """PretrainDataset encoding only the prefix of each text that it keeps (prototype)."""
-
-    def _ids(self, text: str):
-        limit = self.max_length - 2 if self.add_bos_eos else self.max_length
-        return self._finish(prefix_encode(self.tokenizer, text, limit, not self.add_bos_eos))
-
-
-class _PrefixSFT(SFTDataset):
-    """SFTDataset encoding only the prefix of each rendered conversation that it keeps (prototype)."""
-
-    def _encode(self, i, conversations, system_prompt, drop_think):
-        prompt = self._render_line(i, conversations, system_prompt, drop_think)
-        ids = prefix_encode(self.tokenizer, prompt, self.max_length, True)
-        return ids[:self.max_length], len(ids) > self.max_length
-
-
-PROTOTYPES = {"pretrain": _PrefixPretrain, "sft": _PrefixSFT}
 
 
 def check_same(a, b, n: int = 300, seed: int = 1) -> Dict[str, int]:
@@ -830,24 +746,14 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             _say(f"  {r['samples_per_s']:.0f} samples/s, {r['batches_per_s']:.1f} batches/s "
                  f"(first batch {r['first_batch_s']:.2f} s)")
 
-        # 5a. the prototype fix: encode only the prefix of each text that is kept
-        _say("prototype: prefix-only tokenization ...")
-        proto, _ = construct(kind, path, args.tokenizer, max_length, cls=PROTOTYPES[kind])
-        pp = dict(check_same(ds, proto, n=300), loader=[])
-        for w in sorted({0, args.workers}):
-            r = loader_rate(proto, batch_size, w, args.batches)
-            pp["loader"].append(r)
-            _say(f"  {w} worker(s): {r['samples_per_s']:.0f} samples/s")
-        res["prototype_prefix"] = pp
-        del ds, proto
+        del ds
 
         # 5b. pretokenize=True on a slice
         if args.pretokenize_mb:
             sl_path = os.path.join(work, f"bench-{kind}-slice.jsonl")
             nbytes = take_slice(path, sl_path, int(args.pretokenize_mb * MB))
             remove_caches(sl_path)
-            _construct = construct(kind, sl_path, args.tokenizer, max_length)  # index first, not timed below
-            del _construct
+            lazy, _ = construct(kind, sl_path, args.tokenizer, max_length)  # index first, not timed below
             _say(f"pretokenize=True on the first {nbytes / MB:.0f} MB ...")
             pds, tok_s = construct(kind, sl_path, args.tokenizer, max_length, pretokenize=True)
             pt = {"slice_bytes": nbytes, "slice_samples": len(pds), "build_s": tok_s,
@@ -856,6 +762,8 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                   "cache_bytes": os.path.getsize(pds._tokens.path), "loader": []}
             _, warm_tok_s = construct(kind, sl_path, args.tokenizer, max_length, pretokenize=True)
             pt["warm_construct_s"] = warm_tok_s
+            pt.update(check_same(lazy, pds, n=300))  # the token cache gives the lazy items
+            del lazy
             for w in sorted({0, args.workers}):
                 r = loader_rate(pds, batch_size, w, args.batches)
                 pt["loader"].append(r)
@@ -869,7 +777,6 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
         res["gpu"] = {}
         for key, rows, ms in (("target", res["loader"], args.gpu_ms_per_step),
                               ("rtx3090", res["loader"], RTX3090_MS),
-                              ("target_prototype_prefix", res["prototype_prefix"]["loader"], args.gpu_ms_per_step),
                               ("target_pretokenized", res.get("pretokenize", {}).get("loader"), args.gpu_ms_per_step)):
             if rows:
                 best, per_worker = best_and_per_worker(rows)
@@ -965,24 +872,17 @@ def report(res: Dict[str, Any]) -> str:
                                                         f"{r['batches_per_s']:.1f} batches/s, "
                                                         f"{r['samples_per_s_per_worker']:.0f}/worker, first batch "
                                                         f"{r['first_batch_s']:.2f} s"))
-    pp = res.get("prototype_prefix")
-    if pp:
-        rows.append(("prefix prototype", f"same items as the dataset on {pp['checked'] - pp['mismatches']}/"
-                                         f"{pp['checked']} samples"))
-        for r in pp["loader"]:
-            rows.append((f"prefix, {r['workers']} workers", f"{r['samples_per_s']:.0f} samples/s, "
-                                                            f"{r['batches_per_s']:.1f} batches/s, "
-                                                            f"{r['samples_per_s_per_worker']:.0f}/worker"))
     pt = res.get("pretokenize")
     if pt:
         rows.append(("pretokenize slice", f"{pt['slice_bytes'] / MB:.0f} MB in {pt['build_s']:.1f} s "
                                           f"({pt['build_mb_per_s']:.1f} MB/s; full file ~"
-                                          f"{pt['full_file_build_s_estimate'] / 60:.0f} min)"))
+                                          f"{pt['full_file_build_s_estimate'] / 60:.1f} min); same items as "
+                                          f"the lazy path on {pt['checked'] - pt['mismatches']}/{pt['checked']} "
+                                          "samples"))
         for r in pt["loader"]:
             rows.append((f"pretok., {r['workers']} workers", f"{r['samples_per_s']:.0f} samples/s, "
                                                              f"{r['batches_per_s']:.1f} batches/s"))
     for key, label in (("target", "GPU (target)"), ("rtx3090", "GPU (RTX 3090)"),
-                       ("target_prototype_prefix", "GPU vs prefix proto."),
                        ("target_pretokenized", "GPU vs pretok.")):
         c = res["gpu"].get(key)
         if c:

@@ -17,23 +17,42 @@ with input_ids (the model shifts inside), -100 where no loss is taken. Like Mini
 Unlike upstream, nothing is loaded up front: a :class:`~minimind.data.jsonl.JsonlIndex`
 (validated and cached) gives line i, tokenized in ``__getitem__``; ``pretokenize=True``
 tokenizes the file once into a memory-mapped token cache instead.
+
+Speed (same items, see ``docs/data-benchmark.md``):
+
+* only the part of a text that survives truncation is tokenized
+  (:meth:`~minimind.data.tokenizer.Tokenizer.encode_prefix_batch`, exact: the ids are those of
+  the whole text, cut);
+* ``__getitems__`` (the DataLoader's batched fetch) reads, tokenizes and pads a whole batch at
+  once: one tokenizer call per batch, padding and labels in numpy, no Python lists of ids on
+  the token-cache path. ``__getitem__`` is the same code for one index.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
 import os
 import random
-from typing import NamedTuple
+import time
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import minimind.data.jsonl as _jsonl
 from minimind.data.errors import DataError, bad_line_message
-from minimind.data.jsonl import _MAGIC, JsonlIndex, _FileLock, cache_candidates, read_header, write_atomic
+from minimind.data.jsonl import (
+    _MAGIC,
+    JsonlIndex,
+    _FileLock,
+    cache_candidates,
+    read_header,
+    write_atomic,
+)
 from minimind.data.tokenizer import Tokenizer, load_tokenizer
 
 # Upstream sets this too: the Rust thread pool and DataLoader's fork do not mix.
@@ -188,6 +207,51 @@ def assistant_labels(ids: list[int], start_seq: list[int], end_seq: list[int]) -
     return labels
 
 
+def _occurrences(row: bytes, pattern: bytes, width: int) -> list[int]:
+    """Sorted element positions where ``pattern`` (whole elements of ``width`` bytes) starts in
+    ``row``, overlapping ones included: a C-speed ``bytes.find`` walk, element-aligned only."""
+    out = []
+    pos = row.find(pattern)
+    while pos != -1:
+        if pos % width == 0:
+            out.append(pos // width)
+        pos = row.find(pattern, pos + 1)
+    return out
+
+
+def assistant_label_rows(ids: np.ndarray, start_seq: Sequence[int], end_seq: Sequence[int]) -> np.ndarray:
+    """:func:`assistant_labels` for every row of a (B, n) integer array (or one row): the same
+    labels, as int64, without Python lists of ids (both markers are found with ``bytes.find``
+    on the rows' int64 bytes, then upstream's rule walks their positions)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.ndim == 1:
+        return assistant_label_rows(ids[None], start_seq, end_seq)[0]
+    labels = np.full(ids.shape, -100, dtype=np.int64)
+    n = ids.shape[1]
+    lb, le = len(start_seq), len(end_seq)
+    pat_start = np.asarray(start_seq, dtype=np.int64).tobytes()
+    pat_end = np.asarray(end_seq, dtype=np.int64).tobytes()
+    for r in range(ids.shape[0]):
+        row = ids[r].tobytes()
+        s_pos = _occurrences(row, pat_start, 8)
+        if not s_pos:
+            continue
+        e_pos = _occurrences(row, pat_end, 8)
+        i = 0
+        while i < n:
+            k = bisect.bisect_left(s_pos, i)
+            if k == len(s_pos):
+                break
+            start = s_pos[k] + lb
+            k = bisect.bisect_left(e_pos, start)
+            end = e_pos[k] if k < len(e_pos) else n
+            stop = min(end + le, n)
+            if stop > start:
+                labels[r, start:stop] = ids[r, start:stop]
+            i = end + le if end < n else n
+    return labels
+
+
 class BadLines(NamedTuple):
     """What ``on_bad_line="skip"`` dropped: how many, and the first (line number, reason)s."""
 
@@ -237,9 +301,10 @@ class _TokenCache:
         self.flags = (np.memmap(path, dtype=np.uint8, mode="r", offset=header["flags_at"], shape=(n,))
                       if n else np.zeros(0, dtype=np.uint8))
 
-    def get(self, i: int) -> tuple[list[int], int]:
+    def get(self, i: int) -> tuple[np.ndarray, int]:
+        """(the stored ids of sample i, a read-only view of the memory map; its flags)."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return self.tokens[a:b].tolist(), int(self.flags[i])
+        return self.tokens[a:b], int(self.flags[i])
 
     @staticmethod
     def open(candidates: list[str], key: str) -> "_TokenCache | None":
@@ -264,10 +329,16 @@ class _TokenCache:
         def write(f):
             f.write(b"\0" * _TOKEN_HEADER_BYTES)
             total = 0
-            show = dataset.index.signature["size"] >= 32 * 1024 * 1024
+            size = dataset.index.signature["size"]
+            big = size >= _jsonl._PROGRESS_MIN_BYTES  # as for the index: small files finish at once
+            bar_on = big and _jsonl._stderr_is_terminal()
             step = 1024
+            t0 = time.perf_counter()
+            if big and not bar_on:  # a log file (SLURM): one line now, one at the end, no bar
+                log.info("pretokenize: tokenizing %s (%d samples, %.0f MB) into a token cache ...",
+                         dataset.path, n, size / 2**20)
             with tqdm(total=n, desc=f"tokenizing {os.path.basename(dataset.path)}", unit="line",
-                      disable=not show, leave=False, mininterval=1.0) as bar, _parallel_tokenizers():
+                      disable=not bar_on, leave=False, mininterval=1.0) as bar, _parallel_tokenizers():
                 for lo in range(0, n, step):
                     done = dataset._tokenize_for_cache(range(lo, min(lo + step, n)))
                     batch = []
@@ -285,6 +356,10 @@ class _TokenCache:
             f.write(offsets.tobytes())
             flags_at = offsets_at + offsets.nbytes
             f.write(flags.tobytes())
+            if big and not bar_on:
+                dt = time.perf_counter() - t0
+                log.info("pretokenize: %s tokenized in %.1f s (%.1f MB/s, %d tokens)", dataset.path, dt,
+                         size / 2**20 / max(dt, 1e-9), total)
             header = {"version": 1, "kind": "tokens", "key": key, "n": n, "total": total,
                       "dtype": np.dtype(dtype).name, "offsets_at": offsets_at, "flags_at": flags_at}
             blob = json.dumps(header).encode()
@@ -387,13 +462,14 @@ class _JsonlDataset(Dataset):
             self._np_views = (pid, self._counters.numpy(), self._epoch.numpy())
         return self._np_views
 
-    def _count(self, truncated: bool) -> None:
+    def _count(self, truncated: bool, seen: int = 1) -> None:
+        """Add ``seen`` samples, ``truncated`` (a bool or a count) of them truncated."""
         info = torch.utils.data.get_worker_info()
         row = 0 if info is None else 1 + info.id % (_COUNTER_SLOTS - 1)
         counts = self._views()[1]
-        counts[row, _SEEN] += 1
+        counts[row, _SEEN] += seen
         if truncated:
-            counts[row, _TRUNCATED] += 1
+            counts[row, _TRUNCATED] += int(truncated)
 
     def stats(self) -> dict:
         """Samples truncated to max_length and samples produced so far (all processes, the
@@ -423,8 +499,26 @@ class _JsonlDataset(Dataset):
                 self.path, self.index.line_number(i),
                 f"cannot be parsed any more ({e}); was the file changed while in use?"))
 
-    def _pad(self, ids: list[int]) -> list[int]:
-        return ids + [self.tokenizer.pad_token_id] * (self.max_length - len(ids))
+    def _pad_rows(self, rows: list) -> np.ndarray:
+        """(B, max_length) int64: each row's ids (a list or an array, at most max_length of
+        them), then the pad id."""
+        out = np.full((len(rows), self.max_length), self.tokenizer.pad_token_id, dtype=np.int64)
+        for b, ids in enumerate(rows):
+            out[b, :len(ids)] = ids
+        return out
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The items of ``indices``, built together (the DataLoader's batched fetch; its
+        collate stacks them): ``[(input_ids, labels), ...]``, each a view of one row of a
+        (B, max_length) batch."""
+        ids, labels = self._batch(list(indices))
+        return list(zip(torch.from_numpy(ids).unbind(0), torch.from_numpy(labels).unbind(0)))
+
+    def _batch(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -458,38 +552,48 @@ class PretrainDataset(_JsonlDataset):
     def _cache_params(self) -> str:
         return f"add_bos_eos={self.add_bos_eos}"
 
+    @property
+    def _limit(self) -> int:
+        """Tokens of the text that are kept."""
+        return self.max_length - 2 if self.add_bos_eos else self.max_length
+
     def _finish(self, tokens: list[int]) -> tuple[list[int], bool]:
-        """(ids before padding, truncated?) from the tokens of the whole text."""
+        """(ids before padding, truncated?) from the tokens of the whole text (or their first
+        ``_limit + 1``: the same result)."""
+        limit = self._limit
         if self.add_bos_eos:
-            limit = self.max_length - 2
             tok = self.tokenizer
             return [tok.bos_token_id] + tokens[:limit] + [tok.eos_token_id], len(tokens) > limit
-        return tokens[:self.max_length], len(tokens) > self.max_length
+        return tokens[:limit], len(tokens) > limit
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        # The first _limit + 1 tokens of each text: enough to keep _limit and to know whether
+        # the text was truncated. MiniMind-3 encodes without special tokens added, MiniMind2
+        # with (no post-processor in MiniMind's tokenizers, so the same ids either way).
+        return self.tokenizer.encode_prefix_batch(texts, self._limit, add_special_tokens=not self.add_bos_eos)
 
     def _ids(self, text: str) -> tuple[list[int], bool]:
-        # MiniMind-3 encodes without special tokens added, MiniMind2 with (no post-processor
-        # in MiniMind's tokenizers, so the same ids either way).
-        return self._finish(self.tokenizer.encode(text, add_special_tokens=not self.add_bos_eos))
+        return self._finish(self._encode_texts([text])[0])
 
     def _tokenize_for_cache(self, indices: range) -> list[tuple[list[int], int]]:
-        texts = [self._obj(i)["text"] for i in indices]
         out = []
-        for tokens in self.tokenizer.encode_batch(texts, add_special_tokens=not self.add_bos_eos):
+        for tokens in self._encode_texts([self._obj(i)["text"] for i in indices]):
             ids, truncated = self._finish(tokens)
             out.append((ids, _F_TRUNCATED if truncated else 0))
         return out
 
-    def __getitem__(self, i: int):
+    def _batch(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         if self._tokens is not None:
-            ids, flags = self._tokens.get(i)
-            truncated = bool(flags & _F_TRUNCATED)
+            got = [self._tokens.get(i) for i in indices]
+            rows = [ids for ids, _ in got]
+            truncated = sum(1 for _, flags in got if flags & _F_TRUNCATED)
         else:
-            ids, truncated = self._ids(self._obj(i)["text"])
-        self._count(truncated)
-        input_ids = torch.tensor(self._pad(ids), dtype=torch.long)
-        labels = input_ids.clone()
-        labels[input_ids == self.tokenizer.pad_token_id] = -100
-        return input_ids, labels
+            done = [self._finish(t) for t in self._encode_texts([self._obj(i)["text"] for i in indices])]
+            rows = [ids for ids, _ in done]
+            truncated = sum(t for _, t in done)
+        self._count(truncated, len(indices))
+        ids = self._pad_rows(rows)
+        return ids, np.where(ids == self.tokenizer.pad_token_id, -100, ids)
 
 
 class SFTDataset(_JsonlDataset):
@@ -574,12 +678,17 @@ class SFTDataset(_JsonlDataset):
                 f"the chat template of {self.tokenizer.path} cannot render this conversation: "
                 f"{type(e).__name__}: {e}")) from None
 
+    def _encode_prompts(self, prompts: list[str]) -> list[tuple[list[int], bool]]:
+        """(ids cut to max_length, truncated?) of each rendered prompt. Upstream:
+        ``self.tokenizer(prompt).input_ids``, i.e. with add_special_tokens=True; only the first
+        max_length + 1 ids are computed (the same ids)."""
+        n = self.max_length
+        return [(ids[:n], len(ids) > n)
+                for ids in self.tokenizer.encode_prefix_batch(prompts, n, add_special_tokens=True)]
+
     def _encode(self, i: int, conversations: list[dict], system_prompt: str | None,
                 drop_think: bool) -> tuple[list[int], bool]:
-        # Upstream: self.tokenizer(prompt).input_ids, i.e. with add_special_tokens=True.
-        ids = self.tokenizer.encode(self._render_line(i, conversations, system_prompt, drop_think),
-                                    add_special_tokens=True)
-        return ids[:self.max_length], len(ids) > self.max_length
+        return self._encode_prompts([self._render_line(i, conversations, system_prompt, drop_think)])[0]
 
     def _tokenize_for_cache(self, indices: range) -> list[tuple[list[int], int]]:
         prompts, flags = [], []
@@ -589,27 +698,31 @@ class SFTDataset(_JsonlDataset):
             prompts.append(prompt)
             flags.append((_F_EMPTY_THINK if EMPTY_THINK in prompt else 0)
                          | (_F_SYSTEM_OK if self._system_ok(conversations) else 0))
-        out = []
-        for tokens, flag in zip(self.tokenizer.encode_batch(prompts, add_special_tokens=True), flags):
-            truncated = len(tokens) > self.max_length
-            out.append((tokens[:self.max_length], flag | (_F_TRUNCATED if truncated else 0)))
-        return out
+        return [(ids, flag | (_F_TRUNCATED if truncated else 0))
+                for (ids, truncated), flag in zip(self._encode_prompts(prompts), flags)]
 
-    def __getitem__(self, i: int):
+    def _batch(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         augment = self.system_prompt_prob > 0 or self.drop_empty_think_prob > 0
-        u_sys, choice, u_think = self._draws(i) if augment else (1.0, 0, 1.0)
-        want_sys = u_sys < self.system_prompt_prob
-        want_drop = u_think < self.drop_empty_think_prob
-        ids = None
-        if self._tokens is not None:
-            cached, flags = self._tokens.get(i)
-            if not ((want_sys and flags & _F_SYSTEM_OK) or (want_drop and flags & _F_EMPTY_THINK)):
-                ids, truncated = cached, bool(flags & _F_TRUNCATED)
-        if ids is None:
+        rows: list = [None] * len(indices)
+        truncated = 0
+        prompts, where = [], []
+        for b, i in enumerate(indices):
+            u_sys, choice, u_think = self._draws(i) if augment else (1.0, 0, 1.0)
+            want_sys = u_sys < self.system_prompt_prob
+            want_drop = u_think < self.drop_empty_think_prob
+            if self._tokens is not None:
+                cached, flags = self._tokens.get(i)
+                if not ((want_sys and flags & _F_SYSTEM_OK) or (want_drop and flags & _F_EMPTY_THINK)):
+                    rows[b] = cached
+                    truncated += bool(flags & _F_TRUNCATED)
+                    continue
             conversations = self._obj(i)["conversations"]
             system = SYSTEM_PROMPTS[choice] if want_sys and self._system_ok(conversations) else None
-            ids, truncated = self._encode(i, conversations, system, want_drop)
-        self._count(truncated)
-        ids = self._pad(ids)
-        labels = assistant_labels(ids, self.assistant_start, self.assistant_end)
-        return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+            prompts.append(self._render_line(i, conversations, system, want_drop))
+            where.append(b)
+        for b, (ids, cut) in zip(where, self._encode_prompts(prompts) if prompts else ()):
+            rows[b] = ids
+            truncated += cut
+        self._count(truncated, len(indices))
+        ids = self._pad_rows(rows)
+        return ids, assistant_label_rows(ids, self.assistant_start, self.assistant_end)
