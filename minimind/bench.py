@@ -574,7 +574,8 @@ def _clip(value: str) -> Optional[float]:
     return v
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (the data benchmark uses it too)."""
     v = int(value)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be an integer >= 1")
@@ -586,12 +587,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="a conf/model name (tiny, minimind2_26m, ...)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--batch-size", type=_positive, default=16, help="micro-batch size")
-    p.add_argument("--seq-len", type=_positive, default=128, help="tokens per sample")
-    p.add_argument("--accum", type=_positive, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--steps", type=_positive, default=10, help="timed optimizer steps per path per round")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="micro-batch size")
+    p.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sample")
+    p.add_argument("--accum", type=positive_int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed optimizer steps per path per round")
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps per path first")
-    p.add_argument("--rounds", type=_positive, default=5, help="alternations of the two paths")
+    p.add_argument("--rounds", type=positive_int, default=5, help="alternations of the two paths")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model in both paths")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -910,14 +910,9 @@ def report(res: Dict[str, Any]) -> str:
     return "\n".join([head] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
 
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be an integer >= 1")
-    return n
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from minimind.bench import positive_int
+
     p = argparse.ArgumentParser(prog="python -m minimind.data.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", choices=["pretrain", "sft"], default="pretrain")
@@ -925,16 +920,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--dir", default=None, help="where to generate (default: a temp dir, deleted at the end)")
     p.add_argument("--keep", action="store_true", help="keep the generated file (reused by a later run in --dir)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the embedded demo tokenizer)")
-    p.add_argument("--max-length", type=_positive, default=None, help="340 pretrain / 512 sft")
-    p.add_argument("--batch-size", type=_positive, default=None, help="32 pretrain / 16 sft")
+    p.add_argument("--max-length", type=positive_int, default=None, help="340 pretrain / 512 sft")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="32 pretrain / 16 sft")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (also timed with 0)")
-    p.add_argument("--batches", type=_positive, default=100, help="batches timed for throughput")
+    p.add_argument("--batches", type=positive_int, default=100, help="batches timed for throughput")
     p.add_argument("--pretokenize-mb", type=float, default=64.0,
                    help="slice of the file timed with pretokenize=True (0: skip)")
     p.add_argument("--gpu-ms-per-step", type=float, default=10.0,
                    help="26M step time to compare with (10: the H100 target; 45 ms is also shown)")
     p.add_argument("--skip-train", action="store_true", help="only the index and loader throughput")
-    p.add_argument("--train-steps", type=_positive, default=3, help="loop.max_steps of each training run")
+    p.add_argument("--train-steps", type=positive_int, default=3, help="loop.max_steps of each training run")
     p.add_argument("--train-timeout", type=float, default=900.0, help="seconds before a training run is killed")
     p.add_argument("--seed", type=int, default=1234, help="seed of the generated data")
     p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
