@@ -135,6 +135,7 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
 
     if rank_from_env() != 0:
         _silence_file_logs()
+    _respect_cpu_allocation(torch)
     dist = instantiate(cfg.dist, device=cfg.device)
     try:
         device = dist.device
@@ -197,6 +198,17 @@ def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         return summary
     finally:
         trainer.dist.destroy()
+
+
+def _respect_cpu_allocation(torch) -> None:
+    """Use the CPUs SLURM gave this task, not every core of the node.
+
+    torch starts one thread per core it can see; four 1-CPU jobs on a shared node would each run
+    a full-width OpenMP pool and spin against each other. OMP_NUM_THREADS, if set, still wins.
+    """
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, int(cpus)))
 
 
 def _silence_file_logs() -> None:

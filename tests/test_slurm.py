@@ -204,3 +204,22 @@ def test_ddp_job_with_two_slurm_tasks(slurm, tmp_path):
     steps = [json.loads(x)["step"] for x in (job / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # written once, by rank 0
     assert "launcher slurm" in (job / "train.log").read_text()
+
+
+def test_a_slurm_task_uses_the_cpus_it_was_given(monkeypatch):
+    import torch
+
+    from minimind.train import _respect_cpu_allocation
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    try:
+        _respect_cpu_allocation(torch)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # an explicit setting wins
+        torch.set_num_threads(before)
+        _respect_cpu_allocation(torch)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
