@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from minimind.errors import CheckpointError
-from minimind.files import atomic_write, atomic_write_text  # noqa: F401 - re-exported
+from minimind.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,8 @@ FORMAT = "minimind-hydra/1"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
 def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
+    """torch.save through minimind.files.atomic_write: the old file or the new one, never half."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -39,7 +39,8 @@ def rank_from_env() -> int:
     return 0
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
+def run_dir_of() -> Path:
+    """Hydra's output folder for this job (the current directory outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
@@ -267,7 +268,7 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
 
 def run(cfg: DictConfig) -> float:
     """The task function's body (tests call this): train and return the final loss."""
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of()
     try:
         summary = build_and_fit(cfg, run_dir)
     except BaseException as e:
