@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -20,12 +19,11 @@ import numpy as np
 import torch
 
 from minimind.errors import CheckpointError
-from minimind.files import atomic_write
+from minimind.files import atomic_write, list_checkpoints
 
 log = logging.getLogger(__name__)
 
 FORMAT = "minimind-hydra/1"
-_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
@@ -99,14 +97,7 @@ class CheckpointManager:
 
     def list(self) -> List[Path]:
         """Checkpoints, newest first."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for p in self.directory.iterdir():
-            m = _NAME.match(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-        return [p for _, p in sorted(found, reverse=True)]
+        return list_checkpoints(self.directory)
 
     def save(self, state: Dict[str, Any], step: int) -> Path:
         state = dict(state, format=FORMAT)

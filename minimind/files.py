@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List
+
+_CHECKPOINT = re.compile(r"^step_(\d+)\.pt$")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -48,3 +51,24 @@ def atomic_write(path: os.PathLike, write: Callable[[io.BufferedWriter], None]) 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def list_checkpoints(directory: os.PathLike) -> List[Path]:
+    """``step_<N>.pt`` files in ``directory``, newest first (no torch: pre-flight checks use it)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def refuse_used_run_dir(directory: os.PathLike) -> None:
+    """``loop.resume=never``: a folder that already holds checkpoints is not overwritten."""
+    from minimind.errors import CheckpointError
+
+    found = list_checkpoints(directory)
+    if found:
+        raise CheckpointError(
+            f"loop.resume=never but {directory} holds {len(found)} checkpoint(s) (newest "
+            f"{found[0].name}); refusing to overwrite them. Use loop.resume=auto to continue, "
+            f"or another hydra.run.dir")

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from minimind.checkpoint import CheckpointManager, is_upstream_resume, load_file, rng_state, set_rng_state
 from minimind.data.sampler import ShardedBatchSampler
 from minimind.errors import CheckpointError, TrainingError
+from minimind.files import refuse_used_run_dir
 from minimind.model import (
     causal_lm_loss,
     count_loss_tokens,
@@ -426,12 +427,7 @@ class Trainer:
         """Continue from a checkpoint, as ``loop.resume`` says (auto | never | PATH)."""
         spec = self.resume_spec
         if spec == "never":
-            found = self.ckpt.list()
-            if found:
-                raise CheckpointError(
-                    f"loop.resume=never but {self.ckpt.directory} holds {len(found)} checkpoint(s) "
-                    f"(newest {found[0].name}); refusing to overwrite them. Use loop.resume=auto to "
-                    f"continue, or another hydra.run.dir")
+            refuse_used_run_dir(self.ckpt.directory)
             return
         if spec == "auto":
             found = self.ckpt.load_latest()

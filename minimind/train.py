@@ -27,7 +27,8 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from minimind.config import validate
-from minimind.errors import CheckpointError, ConfigError, UserError
+from minimind.errors import ConfigError, UserError
+from minimind.files import refuse_used_run_dir
 
 log = logging.getLogger("minimind")
 
@@ -99,11 +100,8 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
             raise ConfigError(f"{what}={str(folder)!r} is not writable ({e.strerror or e}): "
                               "checkpoints and weights could not be saved there") from None
     resume = str(cfg.loop.resume)
-    ckpt_dir = run_dir / "checkpoints"
-    if resume == "never" and ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*.pt")):
-        raise CheckpointError(
-            f"loop.resume=never but {ckpt_dir} already holds checkpoints; refusing to overwrite "
-            "them. Use loop.resume=auto to continue that run, or another hydra.run.dir")
+    if resume == "never":
+        refuse_used_run_dir(run_dir / "checkpoints")
     if resume not in ("auto", "never") and not Path(resume).is_file():
         raise ConfigError(f"loop.resume={resume!r}: no such checkpoint file (valid: auto, never, or "
                           "the path of a checkpoint: <run dir>/checkpoints/step_N.pt or upstream's "
