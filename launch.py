@@ -21,9 +21,10 @@ import minimind.config as mm_config  # registers the config schema and the ${mm.
 
 
 def _quiet_nonzero_ranks() -> None:
-    """Under torchrun every rank composes the config; only rank 0 writes .hydra/."""
-    if int(os.environ.get("RANK", "0")) > 0 and not any(a.startswith("hydra.output_subdir=")
-                                                       for a in sys.argv):
+    """Under torchrun or SLURM tasks every rank composes the config; only rank 0 writes .hydra/."""
+    from minimind.env import rank
+
+    if rank() > 0 and not any(a.startswith("hydra.output_subdir=") for a in sys.argv):
         sys.argv.append("hydra.output_subdir=null")
 
 

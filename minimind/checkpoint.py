@@ -1,5 +1,10 @@
 """Training checkpoints: atomic writes, newest-good-first loading, upstream's resume format.
 
+The loop saves ``Trainer.state_dict()`` (model, optimizer, scaler, progress, the interval's
+metrics, layout, config) plus every rank's RNG state, and restores what
+:func:`find_resume_state` returns; upstream MiniMind's ``*_resume.pth`` is converted to the
+same layout by :func:`from_upstream` first.
+
 A training checkpoint is one file, ``<run dir>/checkpoints/step_<N>.pt``. Every file this
 module writes goes to a temporary name in the same folder, is flushed and fsync'd, then
 renamed over the final name (and the folder fsync'd), so a kill at any instant leaves either
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 
 from minimind.errors import CheckpointError
-from minimind.files import atomic_write, list_checkpoints
+from minimind.files import atomic_write, list_checkpoints, refuse_used_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +126,77 @@ class CheckpointManager:
             except CheckpointError as e:
                 log.warning("%s; trying the next older checkpoint", e)
         return None
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def find_resume_state(spec: str, manager: CheckpointManager) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The checkpoint ``loop.resume`` asks for: ``auto`` (the newest good one in the run dir, or
+    None for a fresh run), ``never`` (refuses a run dir that has checkpoints), or a path."""
+    if spec == "never":
+        refuse_used_run_dir(manager.directory)
+        return None
+    if spec == "auto":
+        found = manager.load_latest()
+        if found is None and manager.list():
+            raise CheckpointError(f"no checkpoint in {manager.directory} could be loaded "
+                                  "(see the warnings above); move them away to start over")
+        return found
+    return Path(spec), load_file(spec)
+
+
+def load_model(model: torch.nn.Module, path: os.PathLike, state_dict: Dict[str, torch.Tensor]) -> None:
+    from minimind.weights import load_weights
+
+    try:
+        load_weights(model, state_dict, strict=True)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
+
+
+def restore_rng(state: Dict[str, Any], rank: int, world_size: int, batch_size: int) -> bool:
+    """Put this rank's RNG states back when the run's layout is the saved one (then the resumed
+    run continues bit for bit); returns whether it was."""
+    rngs = state.get("rng") or []
+    same = int(state["world_size"]) == world_size and state.get("batch_size") == batch_size
+    if same and len(rngs) == world_size:
+        set_rng_state(rngs[rank])
+    return same
+
+
+def from_upstream(path: os.PathLike, s: Dict[str, Any], model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer, batches, accumulation_steps: int,
+                  world_size: int) -> Dict[str, Any]:
+    """Upstream MiniMind's ``*_resume.pth`` (fp16 model, one-group AdamW, micro-step count) in
+    this framework's layout. Upstream's sample order is its own: the continuation starts at the
+    same number of samples, not at the same samples, and is not bit-exact (said in the log)."""
+    saved_ws = int(s.get("world_size", 1) or 1)
+    micro = int(s["step"])  # upstream: micro-batches of this epoch done, per rank
+    epoch = int(s["epoch"])
+    samples = micro * batches.batch_size * saved_ws
+    per_epoch = -(-batches.batches_left(epoch, 0) // accumulation_steps)
+    step = epoch * per_epoch + micro * saved_ws // (world_size * accumulation_steps)
+    log.info("resumed from upstream MiniMind checkpoint %s: epoch %d, micro-step %d (world size %d) "
+             "-> %d samples into the epoch, optimizer step %d. Upstream stored fp16 weights and "
+             "its own sample order: the continuation is not bit-exact", path, epoch + 1,
+             micro, saved_ws, samples, step)
+    return {"model": s["model"], "optimizer": upstream_optimizer_state(s["optimizer"], model, optimizer),
+            "scaler": s.get("scaler"), "global_step": step, "epoch": epoch, "samples_in_epoch": samples,
+            "wandb_id": s.get("wandb_id"), "world_size": saved_ws, "batch_size": None, "upstream": True}
+
+
+def upstream_optimizer_state(sd: Dict[str, Any], model: torch.nn.Module,
+                             optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """Upstream has one param group in model.parameters() order; map it onto our groups."""
+    upstream_order = list(model.parameters())
+    ours = [p for g in optimizer.param_groups for p in g["params"]]
+    pos = {id(p): i for i, p in enumerate(ours)}
+    state = {}
+    for i, st in sd.get("state", {}).items():
+        p = upstream_order[int(i)]
+        if id(p) in pos:
+            state[pos[id(p)]] = st
+    groups = [dict({k: v for k, v in g.items() if k != "params"},
+                   params=[pos[id(p)] for p in g["params"]]) for g in optimizer.param_groups]
+    return {"state": state, "param_groups": groups}

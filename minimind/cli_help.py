@@ -1,8 +1,11 @@
-"""``python launch.py --help``: the app's groups, options and knobs, read from ``conf/``.
+"""``python launch.py --help``: the app's groups, options and knobs, with their documentation.
 
+Values come from the default options' YAML files in ``conf/``, the documentation of every key
+from the schema (:mod:`minimind.config`, where each setting is documented once); a YAML
+line's own comment (an option-specific note such as "upstream SFT: 512") follows it.
 Hydra's own ``--help`` renders every config group (its ~80 internal ones included) and
 deep-copies the config repository for each, which takes one to two seconds here; this reads
-the YAML files directly and answers at once. ``--hydra-help`` still shows Hydra's flags.
+the files directly and answers at once. ``--hydra-help`` still shows Hydra's flags.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Dict, List
 
 import yaml
 
-GROUP_ORDER = ("model", "optim", "precision", "data", "dist", "loop", "logger", "experiment")
+GROUP_ORDER = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "experiment")
 _KNOB = re.compile(r"^([A-Za-z_][\w]*):\s*([^#\n]*?)\s*(?:#\s*(.*))?$")
 
 
@@ -37,7 +40,15 @@ def _knobs(path: Path) -> List[tuple]:
     return rows
 
 
+def _line(key: str, value: str, doc: str, note: str) -> str:
+    text = doc + (f" ({note})" if note and doc else note)
+    return f"  {f'{key}={value}':<38} {text}".rstrip()
+
+
 def render(conf_dir: Path) -> str:
+    from minimind.config import GROUP_SCHEMAS, Config
+    from minimind.knobs import helps
+
     defaults = _defaults(conf_dir)
     lines = [
         "launch.py: train MiniMind language models from composed Hydra configs",
@@ -65,10 +76,12 @@ def render(conf_dir: Path) -> str:
         path = conf_dir / group / f"{option}.yaml"
         if not option or option == "null" or not path.is_file():
             continue
+        docs = helps(GROUP_SCHEMAS[group]) if group in GROUP_SCHEMAS else {}
         for key, value, comment in _knobs(path):
-            lines.append(f"  {f'{group}.{key}={value}':<38} {comment}".rstrip())
+            lines.append(_line(f"{group}.{key}", value, docs.get(key, ""), comment))
+    docs = helps(Config)
     for key, value, comment in _knobs(conf_dir / "config.yaml"):
-        lines.append(f"  {f'{key}={value}':<38} {comment}".rstrip())
+        lines.append(_line(key, value, docs.get(key, ""), comment))
     lines += [
         "",
         "Outputs: outputs/<date>/<time>/ (multirun/<date>/<time>/<job>/ for sweeps): train.log,",

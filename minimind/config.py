@@ -1,26 +1,76 @@
-"""Structured configs: the typed schema behind ``conf/``.
+"""Structured configs: the typed schema behind ``conf/``, and the one place settings are documented.
 
 Every YAML group in ``conf/`` is merged into one of these dataclasses, so a misspelt key
-(``optim.gradclip=1``) or a wrong type (``optim.lr=abc``) fails while Hydra composes the
-config, before anything is built. Range checks that a type cannot express (``grad_clip > 0``)
-live in :func:`validate`, which the entry point calls before any expensive work.
+(``optim.gradclip=1``), a wrong type (``optim.lr=abc``) or a value outside a choice
+(``loop.on_nan=maybe``) fails while Hydra composes the config, before anything is built. Each
+field carries its documentation (``knob(default, help)``); ``launch.py --help`` prints it, and
+the YAML files hold values, not a second copy of the text. Range checks that a type cannot
+express (``grad_clip > 0``) live in :func:`validate`, which runs before any expensive work.
 
-This module must not import torch or wandb: ``launch.py --help`` and ``--cfg job`` only
-compose configs, and they should answer instantly.
+No key exists twice: the learning rate and weight decay are ``optim.lr`` / ``optim.weight_decay``
+only (the optimizer and schedule nodes get them at build time and refuse their own copies), and
+the dataset node receives the ``data.*`` values it declares parameters for.
+
+Tests and notebooks that compose with Hydra's API import this module first (it registers the
+schema as ``base_config``, which ``conf/config.yaml`` starts from, and the ``${mm.*}``
+resolvers). It must not import torch or wandb: ``--help`` and ``--cfg job`` answer instantly.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from minimind import env
 from minimind.errors import ConfigError
-from minimind.model_config import MiniMindConfig
+from minimind.knobs import Choice, knob
+from minimind.model_config import Family, MiniMindConfig
+
+# --------------------------------------------------------------------------- choices
+
+
+class LossNormalization(Choice):
+    window_tokens = "window_tokens"
+    micro_batch = "micro_batch"
+
+
+class DataKind(Choice):
+    pretrain = "pretrain"
+    sft = "sft"
+
+
+class OnBadLine(Choice):
+    error = "error"
+    skip = "skip"
+
+
+class Backend(Choice):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+class WeightsFormat(Choice):
+    pth = "pth"
+    safetensors = "safetensors"
+    both = "both"
+
+
+class OnNan(Choice):
+    stop = "stop"
+    skip = "skip"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 # --------------------------------------------------------------------------- resolvers
 
@@ -32,28 +82,9 @@ def _asset(name: str) -> str:
     return asset_path(name)
 
 
-def run_stamp() -> str:
-    """The name of a single run's output folder, identical on every rank of a job.
-
-    Hydra's ``${now:...}`` is evaluated separately by each rank that torchrun or SLURM
-    starts, and two ranks can straddle a second. Launchers give all ranks one id, so the run
-    folder is derived from it; a plain ``python launch.py`` gets the usual date/time.
-    """
-    if os.environ.get("MINIMIND_RUN_STAMP"):
-        return os.environ["MINIMIND_RUN_STAMP"]
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id and run_id != "none":
-        return f"torchrun/{run_id}"
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if job_id and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        step = os.environ.get("SLURM_STEP_ID", "0")
-        return f"slurm/{job_id}.{step}"
-    return time.strftime("%Y-%m-%d/%H-%M-%S")
-
-
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("mm.asset", _asset, replace=True)
-    OmegaConf.register_new_resolver("mm.run_stamp", run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("mm.run_stamp", lambda: env.run_stamp(), use_cache=True, replace=True)
 
 
 # --------------------------------------------------------------------------- groups
@@ -64,82 +95,68 @@ class ModelConfig(MiniMindConfig):
     """``conf/model/*.yaml``: the MiniMind architecture (fields in model_config.py)."""
 
     _target_: str = "minimind.model.build_model"
-    # path to an upstream-format .pth / .safetensors: weights only, a new run (not a resume)
-    from_weight: Optional[str] = None
+    family: Family = knob(Family.minimind2, "minimind2 | minimind3: intermediate-size formula and "
+                                            "MoE router details")
+    from_weight: Optional[str] = knob(None, "start from these weights (upstream .pth / .safetensors): "
+                                            "weights only, a new run (loop.resume continues a run)")
 
 
 @dataclass
 class OptimConfig:
     """``conf/optim/*.yaml``: optimizer, learning-rate schedule and the update-step knobs."""
 
-    # peak learning rate; the cosine schedule decays it to lr * min_lr_ratio
-    lr: float = 5e-4
-    # AdamW decoupled weight decay, applied to weight matrices only (not norms or biases)
-    weight_decay: float = 0.01
-    # true: decay every parameter, as upstream MiniMind's plain AdamW(model.parameters()) does
-    decay_all_params: bool = False
-    # max global L2 norm of the gradient; null disables clipping (the norm is still logged)
-    grad_clip: Optional[float] = 1.0
-    # micro-batches per optimizer step (gradient accumulation)
-    accumulation_steps: int = 1
-    # linear warmup from 0 to lr over this many optimizer steps, then cosine
-    warmup_steps: int = 0
-    # final lr as a fraction of lr (MiniMind: 0.1, i.e. lr*(0.1 + 0.45*(1+cos(pi*t/T))))
-    min_lr_ratio: float = 0.1
-    # window_tokens: token-weighted mean over the whole accumulation window and all ranks;
-    # micro_batch: upstream MiniMind (mean per micro-batch, divided by accumulation_steps)
-    loss_normalization: str = "window_tokens"
-    # the optimizer node (_partial_: the parameters are passed at run time)
-    optimizer: Any = MISSING
-    # the learning-rate schedule node
-    schedule: Any = MISSING
+    _target_: str = "minimind.optim.Optimization"
+    lr: float = knob(5e-4, "peak learning rate (MiniMind pretrain 5e-4; use a stage preset for SFT, "
+                           "LoRA, DPO)")
+    weight_decay: float = knob(0.01, "AdamW decoupled weight decay, on weight matrices only")
+    decay_all_params: bool = knob(False, "true: decay norms too, as upstream's AdamW(model.parameters())")
+    grad_clip: Optional[float] = knob(1.0, "max global L2 norm of the gradient; null disables clipping "
+                                           "(the norm is still logged)")
+    accumulation_steps: int = knob(1, "micro-batches per optimizer step; global batch = batch x this x ranks")
+    warmup_steps: int = knob(0, "linear warmup (optimizer steps) before the cosine")
+    min_lr_ratio: float = knob(0.1, "the cosine decays lr to lr * this (MiniMind: 0.1)")
+    loss_normalization: LossNormalization = knob(
+        LossNormalization.window_tokens, "window_tokens: exact token mean over the window and all ranks; "
+                                         "micro_batch: upstream's mean / accumulation_steps")
+    optimizer: Any = knob(MISSING, "the optimizer node (_partial_; lr and weight decay come from optim.*)")
+    schedule: Any = knob(MISSING, "the learning-rate schedule node (_partial_; gets lr, min_lr_ratio, "
+                                  "warmup_steps and the run length)")
 
 
 @dataclass
 class PrecisionConfig:
     """``conf/precision/*.yaml``: autocast dtype and the GradScaler."""
 
-    # fp32 | bf16 | fp16 (the option's own name, for logs and reports)
-    name: str = "fp32"
-    # autocast dtype: float32 (no autocast), bfloat16, float16
-    dtype: str = "float32"
-    # torch.amp.GradScaler node; enabled only for fp16
-    scaler: Any = MISSING
+    name: str = knob("fp32", "fp32 | bf16 | fp16: the option's name (choose with precision=...)")
+    dtype: str = knob("float32", "autocast dtype, fixed by the option: float32 (no autocast), bfloat16, "
+                                 "float16")
+    scaler: Any = knob(MISSING, "torch.amp.GradScaler node; enabled only for fp16")
 
 
 @dataclass
 class DataConfig:
     """``conf/data/*.yaml``: where samples come from and how they are batched."""
 
-    # pretrain | sft (which dataset class `dataset` builds)
-    kind: str = "sft"
-    # JSONL file
-    path: str = MISSING
-    # tokenizer directory (tokenizer.json [+ tokenizer_config.json]); null = embedded demo
-    tokenizer: Optional[str] = None
-    # tokens per sample (longer samples are truncated and counted)
-    max_length: int = 512
-    # samples per micro-batch per rank
-    batch_size: int = 16
-    # DataLoader worker processes (0 = load in the training process)
-    num_workers: int = 0
-    # shuffle the sample order each epoch (a pure function of seed, epoch, rank, world size)
-    shuffle: bool = True
-    # pretrain only: add bos/eos around each text (false for MiniMind2 files that carry them)
-    add_bos_eos: bool = True
-    # error | skip: what to do with a line that is not valid JSON or lacks the expected keys
-    on_bad_line: str = "error"
-    # drop each micro-batch's all-padding tail before the forward (same loss, less compute)
-    trim_padding: bool = True
-    # tokenize the whole file once into a uint16 memory-mapped cache
-    pretokenize: bool = False
-    # where index / token caches go (null: next to the file, else ~/.cache/minimind)
-    cache_dir: Optional[str] = None
-    # SFT augmentations from upstream (off by default): random system prompt, drop empty think
-    system_prompt_prob: float = 0.0
-    drop_empty_think_prob: float = 0.0
-    # the dataset node
-    dataset: Any = MISSING
+    kind: DataKind = knob(DataKind.sft, "pretrain | sft: what one line of the file is")
+    path: str = knob(MISSING, "the JSONL file (required)")
+    tokenizer: Optional[str] = knob(None, "tokenizer directory (tokenizer.json [+ tokenizer_config.json]); "
+                                          "null = the embedded demo tokenizer")
+    max_length: int = knob(512, "tokens per sample (longer samples are truncated and counted)")
+    batch_size: int = knob(16, "samples per micro-batch per rank")
+    num_workers: int = knob(0, "DataLoader worker processes (0 = load in the training process)")
+    shuffle: bool = knob(True, "new order each epoch, a pure function of (seed, epoch, rank, world size)")
+    add_bos_eos: bool = knob(True, "pretrain: bos/eos around each text (false for MiniMind2 files that "
+                                   "carry them)")
+    on_bad_line: OnBadLine = knob(OnBadLine.error, "error | skip: a line that is not valid JSON or lacks "
+                                                   "the expected keys")
+    trim_padding: bool = knob(True, "drop each micro-batch's all-padding tail before the forward (same "
+                                    "loss and gradients, less compute)")
+    pretokenize: bool = knob(False, "tokenize once into a uint16 memmap cache; then 0 workers feed a GPU")
+    cache_dir: Optional[str] = knob(None, "index / token caches; null: next to the file, else "
+                                          "~/.cache/minimind")
+    system_prompt_prob: float = knob(0.0, "SFT augmentation: random system prompt (upstream: 0.2)")
+    drop_empty_think_prob: float = knob(0.0, "SFT augmentation: drop empty think blocks (upstream: 0.8)")
+    dataset: Any = knob(MISSING, "the dataset node; it receives the data.* values it has parameters for")
 
 
 @dataclass
@@ -147,16 +164,12 @@ class DistConfig:
     """``conf/dist/*.yaml``: single process or DDP (torchrun or SLURM tasks)."""
 
     _target_: str = "minimind.dist.setup"
-    # false: one process; true: DistributedDataParallel over the launcher's processes
-    ddp: bool = False
-    # auto: nccl on CUDA, gloo on CPU
-    backend: str = "auto"
-    # seconds a collective may wait before a dead rank turns into an error
-    timeout_s: int = 600
-    # DDP bucket size; larger buckets, fewer all-reduce calls
-    bucket_cap_mb: int = 25
-    # only if some parameters receive no gradient (MoE here does not need it)
-    find_unused_parameters: bool = False
+    ddp: bool = knob(False, "false: one process; true: DDP over the launcher's processes")
+    backend: Backend = knob(Backend.auto, "auto (nccl on CUDA, gloo on CPU) | nccl | gloo")
+    timeout_s: int = knob(600, "a collective waiting longer than this (a dead rank) becomes an error")
+    bucket_cap_mb: int = knob(25, "DDP gradient bucket size (MB)")
+    find_unused_parameters: bool = knob(False, "only if some parameters get no gradient (MoE here does not "
+                                               "need it)")
 
 
 @dataclass
@@ -164,50 +177,36 @@ class LoopConfig:
     """``conf/loop/*.yaml``: the training loop (minimind.loop.Trainer)."""
 
     _target_: str = "minimind.loop.Trainer"
-    # passes over the data
-    epochs: int = 1
-    # stop after this many optimizer steps (null: run all epochs); the lr schedule spans it
-    max_steps: Optional[int] = None
-    # console / metrics.jsonl / wandb line every N optimizer steps
-    log_interval: int = 10
-    # training checkpoint + inference weights every N optimizer steps (and at the end)
-    save_interval: int = 500
-    # where inference weights go; null = the run directory
-    save_dir: Optional[str] = None
-    # inference weights file stem: {save_weight}_{hidden_size}[_moe].pth
-    save_weight: str = "pretrain"
-    # pth | safetensors | both
-    weights_format: str = "pth"
-    # how many training checkpoints to keep in checkpoints/
-    keep_last: int = 2
-    # auto: continue from the newest good checkpoint in the run dir; never: refuse a used
-    # run dir; or a path to a checkpoint (ours or upstream's *_resume.pth)
-    resume: str = "auto"
-    # torch.compile the model
-    compile: bool = False
-    # torch.compile backend: inductor (fast kernels); aot_eager / eager to debug compile issues
-    compile_backend: str = "inductor"
-    # torch.cuda.empty_cache() after every optimizer step (upstream does; it costs time)
-    empty_cache: bool = False
-    # NaN/inf loss: stop (keep the last good checkpoint) or skip the update
-    on_nan: str = "stop"
-    # with on_nan=skip: stop after this many skipped updates in a row
-    max_nan_skips: int = 10
-    # progress bar: auto (only on a terminal), true, false
-    progress: str = "auto"
+    epochs: int = knob(1, "passes over the data")
+    max_steps: Optional[int] = knob(None, "stop after this many optimizer steps (the lr schedule spans it); "
+                                          "null: all epochs")
+    log_interval: int = knob(10, "console / metrics.jsonl / wandb every N optimizer steps")
+    save_interval: int = knob(500, "training checkpoint + inference weights every N optimizer steps, and at "
+                                   "the end")
+    save_dir: Optional[str] = knob(None, "where inference weights go; null = the run directory")
+    save_weight: str = knob("pretrain", "weights file stem: {save_weight}_{hidden_size}[_moe].pth")
+    weights_format: WeightsFormat = knob(WeightsFormat.pth, "pth (upstream's format) | safetensors | both")
+    keep_last: int = knob(2, "training checkpoints kept in <run dir>/checkpoints")
+    resume: str = knob("auto", "auto: continue from the newest good checkpoint in the run dir | never: "
+                               "refuse a used run dir | the path of a checkpoint (ours or upstream's "
+                               "*_resume.pth)")
+    compile: bool = knob(False, "torch.compile the model (the first compile takes a while)")
+    compile_backend: str = knob("inductor", "torch.compile backend; aot_eager / eager to debug compile issues")
+    empty_cache: bool = knob(False, "torch.cuda.empty_cache() after every step (upstream does; it is slow)")
+    on_nan: OnNan = knob(OnNan.stop, "NaN/inf loss: stop (keep the last good checkpoint) | skip the update")
+    max_nan_skips: int = knob(10, "on_nan=skip: give up after this many skipped updates in a row")
+    progress: Optional[bool] = knob(None, "progress bar: null = only on a terminal, true = always, "
+                                          "false = never")
 
 
 @dataclass
 class WandbConfig:
-    # wandb project and (optional) entity/team
-    project: str = "minimind"
-    entity: Optional[str] = None
-    # run name (null: the run directory's name) and group (sweeps: the sweep directory)
-    name: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    # offline (default: no network needed, `wandb sync` later), online, disabled
-    mode: str = "offline"
+    project: str = knob("minimind", "wandb project")
+    entity: Optional[str] = knob(None, "wandb entity (team)")
+    name: Optional[str] = knob(None, "run name; null: the run directory's name")
+    group: Optional[str] = knob(None, "run group; null: the sweep directory for -m runs")
+    tags: list = knob([], "wandb tags")
+    mode: WandbMode = knob(WandbMode.offline, "offline (no network; wandb sync later) | online | disabled")
 
 
 @dataclass
@@ -215,12 +214,16 @@ class LoggerConfig:
     """``conf/logger/*.yaml``: console line, progress bar, metrics.jsonl, wandb."""
 
     _target_: str = "minimind.tracking.Tracker"
-    # the MiniMind-style console line at each log interval
-    console: bool = True
-    # one JSON object per log event in the run dir
-    metrics_file: str = "metrics.jsonl"
-    # null: no wandb
-    wandb: Optional[WandbConfig] = None
+    console: bool = knob(True, "the MiniMind-style console line at each log interval")
+    metrics_file: str = knob("metrics.jsonl", "one JSON object per log event, in the run dir")
+    wandb: Optional[WandbConfig] = knob(None, "null: no wandb (logger=wandb sets it)")
+
+
+@dataclass
+class ObjectiveConfig:
+    """``conf/objective/*.yaml``: what one micro-batch's loss is (minimind.objectives)."""
+
+    _target_: str = knob("minimind.objectives.LanguageModeling", "the objective class")
 
 
 @dataclass
@@ -234,27 +237,32 @@ class Config:
     dist: DistConfig = MISSING
     loop: LoopConfig = MISSING
     logger: LoggerConfig = MISSING
-    # base seed; rank r uses seed + r for its own RNG (the data order uses seed only)
-    seed: int = 42
-    # auto (cuda if available) | cpu | cuda | cuda:N
-    device: str = "auto"
-    # a short free-form name for reports and wandb
-    name: Optional[str] = None
-    # a note of what this run is for (kept in summary.json)
-    notes: Optional[str] = None
-    extras: Dict[str, Any] = field(default_factory=dict)
+    objective: ObjectiveConfig = MISSING
+    seed: int = knob(42, "data order uses seed; rank r seeds its own RNGs with seed + r")
+    device: str = knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
+    name: Optional[str] = knob(None, "a short label for reports and wandb")
+    notes: Optional[str] = knob(None, "what this run is for (kept in summary.json)")
+
+
+GROUP_SCHEMAS = {"model": ModelConfig, "optim": OptimConfig, "precision": PrecisionConfig,
+                 "data": DataConfig, "dist": DistConfig, "loop": LoopConfig, "logger": LoggerConfig,
+                 "objective": ObjectiveConfig}
 
 
 def register_configs() -> None:
     register_resolvers()
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_config", node=Config)
 
 
 # --------------------------------------------------------------------------- validation
 
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-LOSS_NORMALIZATIONS = ("window_tokens", "micro_batch")
+# keys of the optimizer / schedule / dataset nodes that another key already sets
+SET_ELSEWHERE = {
+    "optim.optimizer": {"lr": "optim.lr", "weight_decay": "optim.weight_decay", "params": "the model"},
+    "optim.schedule": {"lr": "optim.lr", "min_ratio": "optim.min_lr_ratio",
+                       "warmup_steps": "optim.warmup_steps", "total_steps": "the run length"},
+    "data.dataset": {f: f"data.{f}" for f in DataConfig.__dataclass_fields__ if f != "dataset"},
+}
 
 
 def _check(ok: bool, key: str, value: Any, valid: str) -> None:
@@ -262,8 +270,19 @@ def _check(ok: bool, key: str, value: Any, valid: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {valid}")
 
 
+def _refuse_second_copies(cfg: DictConfig) -> None:
+    for node_key, owners in SET_ELSEWHERE.items():
+        node = OmegaConf.select(cfg, node_key)
+        if not isinstance(node, DictConfig):
+            continue
+        for key in node:
+            if key in owners:
+                raise ConfigError(f"{node_key}.{key} is set, but {owners[key]} sets it: use "
+                                  f"{owners[key]} (one place for each setting)")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Range and choice checks a type cannot express. Cheap: no torch, no files read."""
+    """Range checks a type cannot express. Cheap: no torch, no files read."""
     o, d, lp, p = cfg.optim, cfg.data, cfg.loop, cfg.precision
     _check(o.lr >= 0, "optim.lr", o.lr, "must be >= 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
@@ -273,16 +292,12 @@ def validate(cfg: DictConfig) -> None:
            "must be an integer >= 1")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
-    _check(o.loss_normalization in LOSS_NORMALIZATIONS, "optim.loss_normalization",
-           o.loss_normalization, f"valid: {', '.join(LOSS_NORMALIZATIONS)}")
-    _check(p.dtype in PRECISIONS.values(), "precision.dtype", p.dtype,
-           f"valid: {', '.join(PRECISIONS.values())} (choose with precision=fp32|bf16|fp16)")
-    _check(d.kind in ("pretrain", "sft"), "data.kind", d.kind, "valid: pretrain, sft")
+    _check(p.name in PRECISIONS, "precision.name", p.name, f"valid: {', '.join(PRECISIONS)}")
+    _check(p.dtype == PRECISIONS[p.name], "precision.dtype", p.dtype,
+           f"precision={p.name} means {PRECISIONS[p.name]} (choose the dtype with precision=fp32|bf16|fp16)")
     _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be an integer >= 1")
     _check(d.max_length >= 8, "data.max_length", d.max_length, "must be an integer >= 8")
     _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
-    _check(d.on_bad_line in ("error", "skip"), "data.on_bad_line", d.on_bad_line,
-           "valid: error, skip")
     for key in ("system_prompt_prob", "drop_empty_think_prob"):
         _check(0 <= d[key] <= 1, f"data.{key}", d[key], "must be a probability in [0, 1]")
     _check(lp.epochs >= 1, "loop.epochs", lp.epochs, "must be an integer >= 1")
@@ -291,26 +306,25 @@ def validate(cfg: DictConfig) -> None:
     _check(lp.log_interval >= 1, "loop.log_interval", lp.log_interval, "must be >= 1")
     _check(lp.save_interval >= 1, "loop.save_interval", lp.save_interval, "must be >= 1")
     _check(lp.keep_last >= 1, "loop.keep_last", lp.keep_last, "must be >= 1")
-    _check(lp.weights_format in ("pth", "safetensors", "both"), "loop.weights_format",
-           lp.weights_format, "valid: pth, safetensors, both")
-    _check(lp.on_nan in ("stop", "skip"), "loop.on_nan", lp.on_nan, "valid: stop, skip")
     _check(lp.max_nan_skips >= 1, "loop.max_nan_skips", lp.max_nan_skips, "must be >= 1")
-    _check(str(lp.progress).lower() in ("auto", "true", "false"), "loop.progress",
-           lp.progress, "valid: auto, true, false")
     _check(bool(str(lp.resume).strip()), "loop.resume", lp.resume,
            "valid: auto, never, or the path of a checkpoint")
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev,
            "valid: auto, cpu, cuda, cuda:N")
-    if cfg.logger.wandb is not None:
-        _check(cfg.logger.wandb.mode in ("offline", "online", "disabled"),
-               "logger.wandb.mode", cfg.logger.wandb.mode, "valid: offline, online, disabled")
+    _refuse_second_copies(cfg)
     m = cfg.model
     fields = {k: m[k] for k in m if k not in ("_target_", "from_weight")}
     try:
         MiniMindConfig(**fields).validate()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python data (choices as their strings): for checkpoints,
+    summaries and wandb."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 # Importing this module registers the schema and the ``mm.*`` resolvers. A submitit job

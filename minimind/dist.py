@@ -1,24 +1,21 @@
 """Process group from torchrun's or SLURM's environment, and the few collectives the loop uses.
 
-One code path for both launchers: torchrun exports RANK / LOCAL_RANK / WORLD_SIZE /
-MASTER_ADDR / MASTER_PORT; a SLURM task (srun, or submitit's launcher) has SLURM_PROCID /
-SLURM_LOCALID / SLURM_NTASKS / SLURM_JOB_NODELIST, which submitit's SlurmJobEnvironment turns
-into the same numbers (master = first host of the node list, port derived from the job id as
-submitit's TorchDistributedEnvironment does). nccl on CUDA, gloo on CPU.
+One code path for both launchers: :func:`minimind.env.launcher_layout` turns torchrun's or a
+SLURM step's variables into the same rank layout; this module starts the process group from
+it (nccl on CUDA, gloo on CPU) and wraps the model in DDP.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import os
-import random
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 import torch
 import torch.distributed as tdist
 
+from minimind.env import launcher_layout
 from minimind.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,36 +31,6 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         if device == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(device)
-
-
-def launcher_env() -> Optional[dict]:
-    """Rank layout from torchrun or a multi-task SLURM step; None for a single process."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return {
-            "rank": int(env["RANK"]),
-            "world_size": int(env["WORLD_SIZE"]),
-            "local_rank": int(env.get("LOCAL_RANK", 0)),
-            "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
-            "master_port": int(env.get("MASTER_PORT", 29500)),
-            "launcher": "torchrun",
-        }
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        from submitit.slurm.slurm import SlurmJobEnvironment
-
-        job = SlurmJobEnvironment()
-        port = env.get("MASTER_PORT")
-        if port is None:  # the same rule as submitit.helpers.TorchDistributedEnvironment
-            port = random.Random(job.job_id).randint(20000, 60000)
-        return {
-            "rank": job.global_rank,
-            "world_size": job.num_tasks,
-            "local_rank": job.local_rank,
-            "master_addr": job.hostnames[0],
-            "master_port": int(port),
-            "launcher": "slurm",
-        }
-    return None
 
 
 @dataclass
@@ -120,13 +87,6 @@ class DistContext:
         tdist.all_gather_object(out, obj, group=self._control)
         return out
 
-    def broadcast_object(self, obj: Any) -> Any:
-        if not self.distributed:
-            return obj
-        box = [obj]
-        tdist.broadcast_object_list(box, src=0, group=self._control)
-        return box[0]
-
     def barrier(self) -> None:
         if self.distributed:
             tdist.barrier(group=self._control)
@@ -142,7 +102,7 @@ class DistContext:
 def setup(ddp: bool = False, backend: str = "auto", timeout_s: int = 600, bucket_cap_mb: int = 25,
           find_unused_parameters: bool = False, device: str = "auto") -> DistContext:
     """The ``dist`` node's target: read the launcher's environment, start the process group."""
-    env = launcher_env()
+    env = launcher_layout()
     if env is None or env["world_size"] == 1:
         if ddp:
             log.info("dist=ddp but only one process was launched: training without DDP "
@@ -153,10 +113,9 @@ def setup(ddp: bool = False, backend: str = "auto", timeout_s: int = 600, bucket
             f"dist=none but the {env['launcher']} launcher started {env['world_size']} processes "
             f"(WORLD_SIZE={env['world_size']}): add dist=ddp, or start one process")
     dev = resolve_device(device, env["local_rank"])
+    backend = str(backend)
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
-    if backend not in ("nccl", "gloo"):
-        raise ConfigError(f"dist.backend={backend!r} is invalid: valid: auto, nccl, gloo")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     timeout = datetime.timedelta(seconds=timeout_s)

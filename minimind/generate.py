@@ -144,13 +144,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from minimind.model import (
-        MiniMindConfig,
-        MiniMindForCausalLM,
-        WeightsError,
-        load_weights,
-        model_summary,
-    )
+    from minimind.model import MiniMindConfig, MiniMindForCausalLM, model_summary
+    from minimind.weights import WeightsError, load_weights
 
     fields, run_weights, run_tokenizer = resolve_model_source(args.model)
     tokenizer = _load_tokenizer(args.tokenizer if args.tokenizer is not None else run_tokenizer)

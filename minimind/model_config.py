@@ -21,7 +21,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-FAMILIES = ("minimind2", "minimind3")
+from minimind.knobs import Choice, knob
+
 SCORING_FUNCS = ("softmax",)
 
 # YaRN settings upstream hard-codes when inference_rope_scaling is on: 2048 * 16 = 32768 tokens.
@@ -35,46 +36,45 @@ YARN_SCALING = {
 }
 
 
+class Family(Choice):
+    """Which upstream era a model follows (see the module docstring)."""
+
+    minimind2 = "minimind2"
+    minimind3 = "minimind3"
+
+
+FAMILIES = tuple(f.value for f in Family)
+
+
 @dataclass
 class MiniMindConfig:
-    # which upstream era: picks the intermediate-size formula and the MoE router/aux-loss details
-    family: str = "minimind2"
-    # None = take the tokenizer's size (the caller fills it in before building the model)
-    vocab_size: int | None = 6400
-    hidden_size: int = 512
-    num_hidden_layers: int = 8
-    num_attention_heads: int = 8
-    # grouped-query attention: every num_attention_heads / num_key_value_heads query heads share a k/v head
-    num_key_value_heads: int = 2
-    # None = hidden_size // num_attention_heads (upstream MiniMind-3 allows setting it)
-    head_dim: int | None = None
-    # SwiGLU width; None = the family's formula (see resolved_intermediate_size)
-    intermediate_size: int | None = None
-    # length of the precomputed RoPE tables: the longest sequence (prompt + generation) the model takes
-    max_position_embeddings: int = 32768
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 1e6
-    # YaRN context extension (factor 16 over 2048 positions), for inference; off in training upstream
-    inference_rope_scaling: bool = False
-    dropout: float = 0.0
-    # use F.scaled_dot_product_attention(is_causal=True) where it is exact; masked softmax otherwise
-    flash_attn: bool = True
-    # per-head RMSNorm on q and k before RoPE (MiniMind-3)
-    qk_norm: bool = False
+    family: str = knob("minimind2", "minimind2 | minimind3: intermediate-size formula and MoE router details")
+    vocab_size: int | None = knob(6400, "token ids; null = the tokenizer's size (filled in at build time)")
+    hidden_size: int = knob(512, "model width; weight files are named <save_weight>_<hidden_size>[_moe].pth")
+    num_hidden_layers: int = knob(8, "decoder blocks")
+    num_attention_heads: int = knob(8, "query heads")
+    num_key_value_heads: int = knob(2, "k/v heads (GQA); must divide num_attention_heads")
+    head_dim: int | None = knob(None, "null = hidden_size / num_attention_heads")
+    intermediate_size: int | None = knob(None, "SwiGLU width; null = the family's formula "
+                                               "(minimind2: 64*ceil(int(8h/3)/64), minimind3: 64*ceil(h*pi/64))")
+    max_position_embeddings: int = knob(32768, "RoPE table length = longest prompt + generation")
+    rms_norm_eps: float = knob(1e-5, "RMSNorm epsilon")
+    rope_theta: float = knob(1e6, "RoPE base")
+    inference_rope_scaling: bool = knob(False, "YaRN x16 over 2048 positions, for long-context inference only")
+    dropout: float = knob(0.0, "embedding / attention / residual / MLP dropout (upstream trains with 0)")
+    flash_attn: bool = knob(True, "SDPA (is_causal) where exact; false = always the masked-softmax path")
+    qk_norm: bool = knob(False, "per-head RMSNorm on q and k before RoPE (MiniMind-3)")
 
     # ---- mixture of experts (ignored unless use_moe) ----
-    use_moe: bool = False
-    n_routed_experts: int = 4
-    num_experts_per_tok: int = 2
-    n_shared_experts: int = 1
-    scoring_func: str = "softmax"
-    aux_loss_alpha: float = 0.01
-    # aux loss per sequence, averaged over the batch (MiniMind2); False = over all tokens at once
-    seq_aux: bool = True
-    # renormalise the top-k gate weights to sum to 1
-    norm_topk_prob: bool = True
-    # width of each routed expert; None = resolved_intermediate_size (upstream default for both eras)
-    moe_intermediate_size: int | None = None
+    use_moe: bool = knob(False, "routed SwiGLU experts instead of one MLP per block")
+    n_routed_experts: int = knob(4, "MoE: experts the router chooses from")
+    num_experts_per_tok: int = knob(2, "MoE: top-k experts per token")
+    n_shared_experts: int = knob(1, "MoE: experts every token also passes through")
+    scoring_func: str = knob("softmax", "MoE: router scores (upstream supports softmax only)")
+    aux_loss_alpha: float = knob(0.01, "MoE: load-balancing loss weight (MiniMind2 0.01, MiniMind-3 5e-4); 0 = off")
+    seq_aux: bool = knob(True, "MoE: balance per sequence, then average (MiniMind2); false: over all tokens")
+    norm_topk_prob: bool = knob(True, "MoE: renormalise the top-k router weights to sum to 1")
+    moe_intermediate_size: int | None = knob(None, "MoE: width of each routed expert; null = intermediate_size")
 
     # ---- derived values (properties, so an override of hidden_size re-derives them) ----
 

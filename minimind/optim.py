@@ -1,10 +1,15 @@
-"""Parameter groups, AdamW and MiniMind's cosine learning-rate schedule."""
+"""The optim group's part: parameter groups, AdamW, MiniMind's cosine schedule, the step's knobs.
+
+``conf/optim/adamw.yaml`` builds :class:`Optimization` with ``_target_``; its ``optimizer`` and
+``schedule`` nodes arrive as partials and get the learning rate and weight decay from
+``optim.lr`` / ``optim.weight_decay`` here, so each is set in one place.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -41,21 +46,48 @@ def build_optimizer(
     weight_decay: float,
     device: torch.device,
     decay_all: bool = False,
+    lr: Optional[float] = None,
 ) -> torch.optim.Optimizer:
-    """Call the ``_partial_`` optimizer node with the parameter groups.
+    """Call the ``_partial_`` optimizer node with the parameter groups (and ``lr``).
 
     ``fused: null`` in the YAML means "fused wherever the device supports it".
     """
     groups = param_groups(model, weight_decay, decay_all)
-    kwargs = {}
+    kwargs = {} if lr is None else {"lr": lr}
     if isinstance(factory, functools.partial) and factory.keywords.get("fused", "unset") is None:
         kwargs["fused"] = fused_supported(device)
     try:
         return factory(groups, **kwargs)
     except RuntimeError as e:  # a torch build without the fused kernel for this device
         if kwargs.get("fused"):
-            return factory(groups, fused=False)
+            return factory(groups, **dict(kwargs, fused=False))
         raise e
+
+
+class Optimization:
+    """The optimizer over the trainable parameters, its schedule, and how the update step
+    treats the gradients: clipping, accumulation, loss normalisation.
+
+    Built by ``instantiate(cfg.optim, model=..., device=...)``; the loop reads the step's knobs
+    from here and calls :meth:`schedule` once the run's length is known.
+    """
+
+    def __init__(self, *, lr: float, weight_decay: float, decay_all_params: bool,
+                 grad_clip: Optional[float], accumulation_steps: int, warmup_steps: int,
+                 min_lr_ratio: float, loss_normalization: str, optimizer: Callable[..., torch.optim.Optimizer],
+                 schedule: Callable[..., "CosineSchedule"], model: torch.nn.Module, device: torch.device):
+        self.lr, self.min_lr_ratio, self.warmup_steps = lr, min_lr_ratio, warmup_steps
+        self.grad_clip = grad_clip
+        self.accumulation_steps = int(accumulation_steps)
+        self.loss_normalization = str(loss_normalization)
+        self.optimizer = build_optimizer(optimizer, model, weight_decay, device, decay_all=decay_all_params,
+                                         lr=lr)
+        self._schedule = schedule
+
+    def schedule(self, total_steps: int) -> "CosineSchedule":
+        """The learning-rate schedule of a run of ``total_steps`` optimizer steps."""
+        return self._schedule(lr=self.lr, min_ratio=self.min_lr_ratio, warmup_steps=self.warmup_steps,
+                              total_steps=max(int(total_steps), 1))
 
 
 class CosineSchedule:

@@ -15,6 +15,7 @@ such as ``optim.optimizer.*``) is left to Hydra. No torch import.
 from __future__ import annotations
 
 import difflib
+from enum import Enum
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -22,18 +23,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from minimind.config import (
+    SET_ELSEWHERE,
     Config,
     DataConfig,
     DistConfig,
     LoggerConfig,
     LoopConfig,
     ModelConfig,
+    ObjectiveConfig,
     OptimConfig,
     PrecisionConfig,
     WandbConfig,
 )
 
-GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "experiment")
+GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "experiment")
 _TYPE_NAMES = {"float": "a float", "int": "an integer", "bool": "true or false", "str": "a string"}
 
 
@@ -41,7 +44,8 @@ def _schema() -> DictConfig:
     """Every typed key with its type; free-form nodes (optimizer, dataset, ...) stay open."""
     return OmegaConf.structured(Config(
         model=ModelConfig(), optim=OptimConfig(), precision=PrecisionConfig(), data=DataConfig(),
-        dist=DistConfig(), loop=LoopConfig(), logger=LoggerConfig(wandb=WandbConfig())))
+        dist=DistConfig(), loop=LoopConfig(), logger=LoggerConfig(wandb=WandbConfig()),
+        objective=ObjectiveConfig()))
 
 
 def _group_options(conf_dir: Path, group: str) -> List[str]:
@@ -60,6 +64,8 @@ def _expected(cfg: DictConfig, key: str) -> str:
         name = getattr(ref, "__name__", str(ref))
     except Exception:  # noqa: BLE001
         return "another type"
+    if isinstance(ref, type) and issubclass(ref, Enum):
+        return "one of " + ", ".join(m.value if isinstance(m.value, str) else m.name for m in ref)
     return _TYPE_NAMES.get(name, name)
 
 
@@ -98,6 +104,10 @@ def check_overrides(args: List[str], conf_dir: Path) -> Optional[str]:
     schema = _schema()
     for o in overrides:
         key = o.key_or_group
+        node_key, _, leaf = key.rpartition(".")
+        owner = SET_ELSEWHERE.get(node_key, {}).get(leaf)
+        if owner and o.type != OverrideType.DEL:
+            return f"{key} is set, but {owner} sets it: use {owner} (one place for each setting)"
         if o.type != OverrideType.CHANGE or key.startswith("hydra") or o.package:
             continue
         if "/" not in key and key in GROUPS:

@@ -52,25 +52,28 @@ class Tracker:
 
     def __init__(self, console: bool = True, metrics_file: Optional[str] = "metrics.jsonl",
                  wandb: Optional[Dict[str, Any]] = None, *, run_dir: str = ".",
-                 is_main: bool = True, run_config: Optional[dict] = None, progress: str = "auto"):
+                 is_main: bool = True, config: Optional[dict] = None, group: Optional[str] = None):
         self.console = console
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.metrics_path = self.run_dir / metrics_file if metrics_file else None
         self.events_path = self.run_dir / "events.jsonl"
-        self.wandb_cfg = dict(wandb) if wandb is not None else None
-        self.config = run_config or {}
-        self.progress_mode = str(progress).lower()
+        self.wandb_cfg = {k: str(v) if k == "mode" else v for k, v in wandb.items()} if wandb is not None else None
+        if self.wandb_cfg is not None and not self.wandb_cfg.get("group"):
+            self.wandb_cfg["group"] = group  # the jobs of one sweep, grouped
+        self.config = config or {}
         self._run = None
         self._bar = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, total_steps: int, initial_step: int = 0, wandb_id: Optional[str] = None) -> None:
+    def start(self, total_steps: int, initial_step: int = 0, wandb_id: Optional[str] = None,
+              progress: Optional[bool] = None) -> None:
+        """Open the progress bar (``progress``: None = only on a terminal) and the wandb run."""
         if not self.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        show = self.progress_mode == "true" or (self.progress_mode == "auto" and sys.stderr.isatty())
+        show = progress if progress is not None else sys.stderr.isatty()
         if show:
             from tqdm import tqdm
 
@@ -94,12 +97,14 @@ class Tracker:
     def wandb_id(self) -> Optional[str]:
         return self._run.id if self._run is not None else None
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close the bar and finish the wandb run (marked failed when ``failed``); idempotent, so
+        every exit path of a job can call it."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         if self._run is not None:
-            self._run.finish()
+            self._run.finish(exit_code=1 if failed else 0)
             self._run = None
 
     # ------------------------------------------------------------------ per step / interval

@@ -2,18 +2,20 @@
 
     cfg  -> validate (cheap checks, no torch work)
     dist       = instantiate(cfg.dist)                     rank, world size, device
-    dataset    = instantiate(cfg.data.dataset)             JSONL -> (input_ids, labels)
     precision  = build_precision(cfg.precision)            autocast dtype + GradScaler
+    dataset    = instantiate(cfg.data.dataset, data.*)     JSONL -> (input_ids, labels)
     model      = instantiate(cfg.model)                    MiniMindForCausalLM (+ from_weight)
-    optimizer  = instantiate(cfg.optim.optimizer)(groups)  _partial_: AdamW
+    objective  = instantiate(cfg.objective)                what a micro-batch's loss is
+    optim      = instantiate(cfg.optim, model)             AdamW over the trainable params, schedule
     tracker    = instantiate(cfg.logger)                   console, metrics.jsonl, wandb
-    trainer    = instantiate(cfg.loop, ...)                owns the step; resumes if it can
+    trainer    = instantiate(cfg.loop, parts...)           owns the step; resumes if it can
     return trainer.fit()                                   final loss, for sweepers
+
+The tracker is closed and the process group destroyed on every exit path.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -26,18 +28,12 @@ from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from minimind.config import validate
+from minimind import env
+from minimind.config import to_plain, validate
 from minimind.errors import ConfigError, UserError
 from minimind.files import refuse_used_run_dir
 
 log = logging.getLogger("minimind")
-
-
-def rank_from_env() -> int:
-    for key in ("RANK", "SLURM_PROCID"):
-        if key in os.environ and (key == "RANK" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
-            return int(os.environ[key])
-    return 0
 
 
 def run_dir_of() -> Path:
@@ -128,13 +124,15 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
     import torch
     from hydra.utils import instantiate
 
+    from minimind.data.loader import Batches, dataset_kwargs
     from minimind.model import model_summary
-    from minimind.optim import build_optimizer
     from minimind.precision import build_precision
 
-    if rank_from_env() != 0:
+    if env.rank() != 0:
         _silence_file_logs()
-    _respect_cpu_allocation(torch)
+    cpus = env.slurm_cpus_per_task()
+    if cpus:  # torch would start a thread per core of the node and spin against other jobs
+        torch.set_num_threads(cpus)
     dist = instantiate(cfg.dist, device=cfg.device)
     try:
         device = dist.device
@@ -143,7 +141,9 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
             torch.backends.cudnn.allow_tf32 = True
         precision = build_precision(cfg.precision, device)
 
-        dataset = instantiate(cfg.data.dataset)
+        target = hydra_target(cfg.data.dataset)
+        data_values = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
+        dataset = instantiate(cfg.data.dataset, **dataset_kwargs(target, data_values, cfg.seed))
         tokenizer = dataset.tokenizer
         if cfg.model.vocab_size is None:
             with open_dict(cfg):
@@ -155,59 +155,50 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
                 f"{tokenizer.vocab_size} or null (take the tokenizer's)")
         log.info("data: %s (%s, %d samples, max_length %d)", cfg.data.path, cfg.data.kind,
                  len(dataset), cfg.data.max_length)
+        batches = Batches(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                          shuffle=cfg.data.shuffle, seed=cfg.seed, trim_padding=cfg.data.trim_padding,
+                          rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda")
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = instantiate(cfg.model).to(device)
         log.info("%s", model_summary(model))
         seed_everything(cfg.seed + dist.rank)
 
-        optimizer = build_optimizer(instantiate(cfg.optim.optimizer), model, cfg.optim.weight_decay,
-                                    device, decay_all=cfg.optim.decay_all_params)
-        config = OmegaConf.to_container(cfg, resolve=True)
+        objective = instantiate(cfg.objective)
+        optimization = instantiate(cfg.optim, model=model, device=device)
+        config = to_plain(cfg)
         tracker = instantiate(cfg.logger, _partial_=True, _convert_="all")(
-            run_dir=str(run_dir), is_main=dist.is_main, progress=cfg.loop.progress)
-        tracker.config = config  # set after: instantiate would recurse into its _target_ nodes
-        if tracker.wandb_cfg is not None and not tracker.wandb_cfg.get("group"):
-            tracker.wandb_cfg["group"] = sweep_name()  # the jobs of one sweep, grouped
+            run_dir=str(run_dir), is_main=dist.is_main, config=config, group=sweep_name())
         # _partial_: the YAML's keys now, the built parts (which are not configs) in the call
-        trainer = instantiate(cfg.loop, _partial_=True, _convert_="all")(
-            model=model, optimizer=optimizer,
-            schedule=functools.partial(instantiate, cfg.optim.schedule),
-            precision=precision, dataset=dataset, dist=dist, tracker=tracker,
-            run_dir=str(run_dir), save_dir=cfg.loop.save_dir or str(run_dir),
-            grad_clip=cfg.optim.grad_clip, accumulation_steps=cfg.optim.accumulation_steps,
-            loss_normalization=cfg.optim.loss_normalization, batch_size=cfg.data.batch_size,
-            num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle, seed=cfg.seed,
-            trim_padding=cfg.data.trim_padding)
-        trainer.config = config  # saved in every checkpoint
-        return trainer
+        return instantiate(cfg.loop, _partial_=True, _convert_="all")(
+            model=model, objective=objective, optimization=optimization, precision=precision,
+            batches=batches, dist=dist, tracker=tracker, run_dir=str(run_dir), config=config)
     except BaseException:
         dist.destroy()
         raise
 
 
+def hydra_target(node: DictConfig):
+    """The class or function a ``_target_`` node names."""
+    from hydra.utils import get_object
+
+    return get_object(node._target_)
+
+
 def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     """Build every part from ``cfg`` and train. Returns the trainer's summary."""
     trainer = build_trainer(cfg, run_dir)
+    failed = True
     try:
         final = trainer.fit()
         summary = dict(trainer.summary, final_loss=final)
         if trainer.dist.is_main:
             _write_summary(run_dir, cfg, summary, trainer.tracker, trainer.raw_model)
+        failed = False
         return summary
     finally:
+        trainer.tracker.close(failed=failed)
         trainer.dist.destroy()
-
-
-def _respect_cpu_allocation(torch) -> None:
-    """Use the CPUs SLURM gave this task, not every core of the node.
-
-    torch starts one thread per core it can see; four 1-CPU jobs on a shared node would each run
-    a full-width OpenMP pool and spin against each other. OMP_NUM_THREADS, if set, still wins.
-    """
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, int(cpus)))
 
 
 def _silence_file_logs() -> None:
@@ -239,7 +230,7 @@ def _write_summary(run_dir: Path, cfg: DictConfig, summary: Dict[str, Any], trac
 
 def _record_failure(run_dir: Path, error: BaseException) -> None:
     """The report shows a failed job with the last line of its error: keep it in the run dir."""
-    if rank_from_env() != 0:
+    if env.rank() != 0:
         return
     try:
         from minimind.files import atomic_write_text

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import ROOT
 from omegaconf import OmegaConf
@@ -38,7 +36,8 @@ def test_public_keys_are_typed(cfg_factory):
                        "loop.save_interval=4", "loop.save_dir=/tmp/x", "loop.save_weight=full_sft",
                        "model.from_weight=/tmp/w.pth", "dist=ddp", "logger=wandb", "seed=1", "device=cpu"])
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.accumulation_steps, int)
-    assert cfg.optim.optimizer.lr == 1e-3  # interpolated into the optimizer node
+    # one place for the learning rate: the optimizer node gets it when the optimizer is built
+    assert "lr" not in cfg.optim.optimizer and "weight_decay" not in cfg.optim.optimizer
     assert cfg.dist.ddp is True and cfg.logger.wandb.mode == "offline"
 
 
@@ -49,7 +48,6 @@ def test_public_keys_are_typed(cfg_factory):
     ("data.batch_size=0", "data.batch_size=0 is invalid"),
     ("optim.lr=-0.1", "optim.lr=-0.1 is invalid: must be >= 0"),
     ("data.max_length=4", "data.max_length=4 is invalid: must be an integer >= 8"),
-    ("optim.loss_normalization=bogus", "valid: window_tokens, micro_batch"),
     ("device=tpu", "device='tpu' is invalid"),
     ("model.num_key_value_heads=3", "model:"),
 ])
@@ -72,6 +70,10 @@ def test_unknown_key_and_wrong_type_fail_at_composition(cfg_factory):
         cfg_factory(["optim.gradclip=1"])
     with pytest.raises(ConfigCompositionException, match="optim.lr"):
         cfg_factory(["optim.lr=abc"])
+    # a choice outside its set fails while composing, with the valid values listed
+    with pytest.raises(ConfigCompositionException) as e:
+        cfg_factory(["optim.loss_normalization=bogus"])
+    assert "expected one of [window_tokens, micro_batch]" in str(e.value.__cause__)
 
 
 @pytest.mark.slow
@@ -95,13 +97,12 @@ def test_cfg_job_shows_overrides_without_importing_torch(launch, tmp_path):
     (["optim.lr=abc"], "optim.lr"),
 ])
 def test_cli_refuses_bad_input_before_training(launch, tmp_path, args, needle):
-    t = time.time()
     r = launch(args + [f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert needle in out, out
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     assert "Traceback" not in out
-    assert time.time() - t < 60
+    assert "Model params" not in out  # refused before any part was built
     if args == ["precision=fp8"]:
         assert "fp16" in out and "bf16" in out  # lists what is valid

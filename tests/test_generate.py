@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 import minimind.generate as gen
-from minimind.model import build_model, save_weights
+from minimind.model import build_model
+from minimind.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_YAML = ROOT / "conf" / "model" / "tiny.yaml"

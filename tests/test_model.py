@@ -10,24 +10,26 @@ from omegaconf import OmegaConf
 
 from minimind.model import (
     MiniMindForCausalLM,
-    WeightsError,
     active_parameters,
     build_model,
     causal_lm_loss,
     count_loss_tokens,
-    export_state_dict,
-    load_weights,
     model_summary,
     num_parameters,
     precompute_rope,
     rope_frequencies,
-    save_weights,
-    weights_filename,
 )
 from minimind.model_config import (
     YARN_SCALING,
     MiniMindConfig,
     default_intermediate_size,
+)
+from minimind.weights import (
+    WeightsError,
+    export_state_dict,
+    load_weights,
+    save_weights,
+    weights_filename,
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"

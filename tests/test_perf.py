@@ -140,21 +140,20 @@ def watch_train_steps(monkeypatch, trainer, windows) -> List[str]:
 
         with watch:
             for window in windows:
-                trainer.train_step(window)
-                trainer.global_step += 1
+                trainer.step(window)
     return watch.reads
 
 
 def make_trainer(cfg_factory, tmp_path, *overrides):
     cfg = cfg_factory(list(QUIET) + list(overrides))
     trainer = build_trainer(cfg, tmp_path)
-    trainer.schedule = trainer.schedule_factory(total_steps=100)  # as fit() does
+    trainer.prepare(100)  # as fit() does
     return trainer
 
 
 def real_windows(trainer, count: int):
     """Windows from the run's own DataLoader (demo SFT data: padded, -100 in the labels)."""
-    batches = iter(trainer._loader(trainer._sampler(0, 0)))
+    batches = iter(trainer.batches.loader(trainer.batches.sampler(0, 0)))
     windows = [list(itertools.islice(batches, trainer.accum)) for _ in range(count)]
     assert all(len(w) == trainer.accum for w in windows)
     return windows
@@ -172,7 +171,7 @@ def test_train_step_never_reads_the_device(cfg_factory, tmp_path, monkeypatch, o
     trainer = make_trainer(cfg_factory, tmp_path, *overrides)
     assert trainer.on_nan == "stop"
     windows = real_windows(trainer, 3)
-    before = [p.detach().clone() for p in trainer.params]
+    before = [p.detach().clone() for p in trainer.update.params]
 
     calls = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(_site()))
@@ -182,9 +181,9 @@ def test_train_step_never_reads_the_device(cfg_factory, tmp_path, monkeypatch, o
         "\n".join(reads)
     assert calls == [], f"torch.cuda.empty_cache called with loop.empty_cache=false: {calls}"
     # the watch must not have changed what the step does: the weights moved
-    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.params))
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.update.params))
     # and the step's numbers are still readable afterwards (at log time)
-    assert torch.isfinite(trainer._last[0]).item()
+    assert torch.isfinite(trainer.metrics.last.loss_sum).item()
 
 
 def test_the_watch_catches_a_host_read(cfg_factory, tmp_path, monkeypatch):
@@ -192,16 +191,16 @@ def test_the_watch_catches_a_host_read(cfg_factory, tmp_path, monkeypatch):
     while reads of the host labels (what the real loop does) are not."""
     trainer = make_trainer(cfg_factory, tmp_path)
     windows = real_windows(trainer, 1)
-    original = trainer._account
+    original = trainer.metrics.record
 
-    def syncing_account(loss_sum, n_window, *rest):
-        float(loss_sum)                         # device value: must be caught
+    def syncing_record(result, step_number):
+        float(result.loss_sum)                  # device value: must be caught
         x, y = windows[0][0]
         int((y != -100).sum())                  # host labels: allowed
         int((y.to(trainer.device) != -100).sum())  # the device copy of the labels: caught
-        return original(loss_sum, n_window, *rest)
+        return original(result, step_number)
 
-    monkeypatch.setattr(trainer, "_account", syncing_account)
+    monkeypatch.setattr(trainer.metrics, "record", syncing_record)
     reads = watch_train_steps(monkeypatch, trainer, windows)
     assert any("__float__" in r for r in reads), reads
     assert any("__int__" in r for r in reads), reads
@@ -221,7 +220,7 @@ def test_train_step_copies_no_python_value_to_the_device(cfg_factory, tmp_path, 
     """``torch.tensor(value, device=dev)`` inside the step is a blocking host->device copy on CUDA
     (cudaMemcpyAsync + cudaStreamSynchronize: a full sync, pytorch/pytorch#120996) that none of the
     read checks above sees. ``torch.full`` / ``masked_fill_`` / a Python scalar argument pass the
-    value to the kernel instead. (Trainer._account did this with the first bad step until 5e8fba2.)"""
+    value to the kernel instead. (the step's accounting did this with the first bad step until 5e8fba2.)"""
     trainer = make_trainer(cfg_factory, tmp_path)
     windows = real_windows(trainer, 2)
     made = []
@@ -235,6 +234,5 @@ def test_train_step_copies_no_python_value_to_the_device(cfg_factory, tmp_path, 
 
         monkeypatch.setattr(torch, name, factory)
     for window in windows:
-        trainer.train_step(window)
-        trainer.global_step += 1
+        trainer.step(window)
     assert made == [], "\n".join(made)

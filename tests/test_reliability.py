@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import time
 
 import pytest
 import torch
@@ -61,16 +60,14 @@ def test_every_bad_input_gets_one_clear_line(tmp_path):
         ([f"loop.resume={other_shape}"], "does not fit this model", False)]
     for overrides, needle, fast in catalogue:
         run = tmp_path / "run"
-        t = time.time()
         r = run_launch(FAST + ["loop.max_steps=2"] + overrides + [f"hydra.run.dir={run}"], cwd=tmp_path)
-        took = time.time() - t
         assert r.returncode != 0, overrides
         assert "Traceback" not in r.stderr + r.stdout, (overrides, r.stderr)
         errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
         assert len(errors) == 1 and needle in errors[0], (overrides, r.stderr)
         assert not (run / "metrics.jsonl").exists(), overrides  # refused before training
-        if fast:
-            assert took < 5, (overrides, took)
+        if fast:  # refused by the override check, before Hydra made the run folder
+            assert not run.exists(), overrides
     r = run_launch(FAST + [f"loop.resume={other_shape}", f"hydra.run.dir={tmp_path}/run2"], cwd=tmp_path)
     assert "model.layers.0.self_attn.q_proj.weight" in r.stderr  # names the keys that differ
 
@@ -96,7 +93,7 @@ def test_unsupported_precision_on_the_device_is_refused(monkeypatch):
 
 def poison(trainer, at_steps):
     """Make the loss NaN for the optimizer steps in ``at_steps`` (1-based)."""
-    model = trainer.model
+    model = trainer.update.model
 
     class Poisoned(torch.nn.Module):
         def __init__(self):
@@ -105,11 +102,11 @@ def poison(trainer, at_steps):
 
         def forward(self, x):
             out = self.inner(x)
-            if trainer.global_step + 1 in at_steps:
+            if trainer.progress.step + 1 in at_steps:
                 out.logits = out.logits * float("nan")
             return out
 
-    trainer.model = Poisoned()
+    trainer.update.model = Poisoned()
 
 
 def test_nan_stops_the_run_names_the_step_and_keeps_the_last_good_checkpoint(cfg_factory, tmp_path):
@@ -131,7 +128,7 @@ def test_nan_skip_skips_the_update_and_counts_it(cfg_factory, tmp_path):
                                     "loop.on_nan=skip"]), tmp_path)
     poison(tr, {3, 5})
     tr.fit()
-    assert tr.global_step == 8 and tr.nan_skips == 2
+    assert tr.progress.step == 8 and tr.progress.nan_skips == 2
     assert tr.history[-1]["skipped"] == 2
     assert all(torch.isfinite(p).all() for p in tr.raw_model.parameters())
     summary = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])

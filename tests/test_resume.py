@@ -177,15 +177,15 @@ def test_sigterm_saves_at_the_next_step_and_exits_0(reference, tmp_path):
     args = RUN + ["loop.save_interval=1000", f"hydra.run.dir={run}"]
     proc = start(args, tmp_path)
     wait_for_step(run, 5, proc)
-    t = time.time()
+    logged = metric_count(run)  # log_interval=1: the steps done when the signal is sent
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert time.time() - t < 10
     saved = CheckpointManager(run / "checkpoints").list()
     assert len(saved) == 1
     step = torch.load(saved[0], weights_only=True)["global_step"]
-    assert 5 <= step < 48
+    # saved at the step boundary after the signal (allowing for steps finished while it was sent)
+    assert 5 <= step <= logged + 2 < 48, (step, logged)
     events = [json.loads(x)["event"] for x in (run / "events.jsonl").read_text().splitlines()]
     assert events[-1] == "interrupted"
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
@@ -249,7 +249,7 @@ def test_upstream_resume_file_continues(cfg_factory, tmp_path):
     src = build_trainer(cfg, tmp_path / "src")
     model = src.raw_model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # upstream: one group, every parameter
-    x, y = src.dataset[0]
+    x, y = src.batches.dataset[0]
     model(x[None]).logits.sum().backward()
     opt.step()
     upstream = {"model": {k: v.half() for k, v in model.state_dict().items()},
@@ -261,8 +261,8 @@ def test_upstream_resume_file_continues(cfg_factory, tmp_path):
     cfg = cfg_factory(["loop.max_steps=6", "loop.save_interval=100", f"loop.resume={path}"])
     tr = build_trainer(cfg, tmp_path / "dst")
     tr.fit()
-    assert tr.resumed_from == str(path) and tr.wandb_id == "abc123"
-    assert tr.global_step == 6
+    assert tr.resumed_from == str(path) and tr.progress.wandb_id == "abc123"
+    assert tr.progress.step == 6
     events = [json.loads(x) for x in (tmp_path / "dst" / "events.jsonl").read_text().splitlines()]
     resume = next(e for e in events if e["event"] == "resume")
     assert resume["upstream"] and resume["samples_in_epoch"] == 3 * 4  # 3 micro-batches of 4

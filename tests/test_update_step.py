@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 from torch.utils.data import Subset, default_collate
 
+from minimind.data.loader import trim_padding
 from minimind.model import causal_lm_loss, count_loss_tokens
 from minimind.optim import CosineSchedule, param_groups
 from minimind.train import build_trainer
@@ -16,7 +18,7 @@ from minimind.train import build_trainer
 def make(cfg_factory, tmp_path, *overrides):
     cfg = cfg_factory(["optim.lr=1e-3", "data.shuffle=false", *overrides])
     trainer = build_trainer(cfg, tmp_path)
-    trainer.schedule = CosineSchedule(lr=1e-3, total_steps=100)
+    trainer.prepare(100)  # the cosine from lr=1e-3 over 100 steps
     return trainer
 
 
@@ -51,13 +53,13 @@ def test_accumulation_equals_one_big_batch_with_uneven_masks(cfg_factory, tmp_pa
                "optim.grad_clip=null")
     big = make(cfg_factory, tmp_path / "b", "optim.accumulation_steps=1", f"data.batch_size={k * b}",
                "optim.grad_clip=null")
-    window = batches(acc.dataset, 0, b, k)
+    window = batches(acc.batches.dataset, 0, b, k)
     tokens = [int(count_loss_tokens(y)) for _, y in window]
     assert len(set(tokens)) > 1, f"the test needs micro-batches with different loss tokens: {tokens}"
 
     g_acc, g_big = capture_step_grads(acc), capture_step_grads(big)
-    acc.train_step(window)
-    big.train_step(batches(big.dataset, 0, k * b, 1))
+    acc.step(window)
+    big.step(batches(big.batches.dataset, 0, k * b, 1))
     assert_grads_close(g_acc[0], g_big[0])
     # and the parameters after the AdamW step agree too
     for (n, p), (_, q) in zip(acc.raw_model.named_parameters(), big.raw_model.named_parameters()):
@@ -71,19 +73,19 @@ def test_clipping_sees_the_whole_window(cfg_factory, tmp_path):
     big = make(cfg_factory, tmp_path / "b", "optim.accumulation_steps=1", f"data.batch_size={k * b}",
                "optim.grad_clip=0.05")
     g_acc, g_big = capture_step_grads(acc), capture_step_grads(big)
-    acc.train_step(batches(acc.dataset, 0, b, k))
-    big.train_step(batches(big.dataset, 0, k * b, 1))
+    acc.step(batches(acc.batches.dataset, 0, b, k))
+    big.step(batches(big.batches.dataset, 0, k * b, 1))
     assert_grads_close(g_acc[0], g_big[0])
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in g_acc[0].values()]))
     assert norm.item() == pytest.approx(0.05, rel=1e-4)  # clipped to exactly grad_clip
-    assert acc._grad_norm.item() > 0.05  # the logged norm is the one before clipping
+    assert acc.metrics.last.grad_norm.item() > 0.05  # the logged norm is the one before clipping
 
 
 def test_micro_batch_normalization_is_upstreams_formula(cfg_factory, tmp_path):
     k, b = 4, 2
     up = make(cfg_factory, tmp_path / "u", f"optim.accumulation_steps={k}", f"data.batch_size={b}",
               "optim.grad_clip=null", "optim.loss_normalization=micro_batch")
-    window = batches(up.dataset, 0, b, k)
+    window = batches(up.batches.dataset, 0, b, k)
     model = up.raw_model
     ref = {}
     for x, y in window:  # upstream: mean loss of each micro-batch / accumulation_steps
@@ -93,7 +95,7 @@ def test_micro_batch_normalization_is_upstreams_formula(cfg_factory, tmp_path):
             ref[n] = ref.get(n, 0) + p.grad.detach().clone()
     model.zero_grad(set_to_none=True)
     grads = capture_step_grads(up)
-    up.train_step(window)
+    up.step(window)
     assert_grads_close(grads[0], ref)
 
 
@@ -101,44 +103,44 @@ def test_short_window_at_epoch_end_is_stepped_and_normalised(cfg_factory, tmp_pa
     k, b = 4, 2
     tr = make(cfg_factory, tmp_path / "a", f"optim.accumulation_steps={k}", f"data.batch_size={b}",
               "optim.grad_clip=null", "loop.log_interval=1", "loop.save_interval=1000")
-    tr.dataset = Subset(tr.dataset, range(10))  # 5 micro-batches: windows of 4 and 1
+    tr.batches.dataset = Subset(tr.batches.dataset, range(10))  # 5 micro-batches: windows of 4 and 1
     ref = make(cfg_factory, tmp_path / "b", "optim.accumulation_steps=1", f"data.batch_size={b}",
                "optim.grad_clip=null")
     grads = capture_step_grads(tr)
     states = []
-    original_train_step = tr.train_step
+    original_step = tr.step
 
-    def recording_train_step(window):
+    def recording_step(window):
         states.append({k_: v.clone() for k_, v in tr.raw_model.state_dict().items()})
-        return original_train_step(window)
+        return original_step(window)
 
-    tr.train_step = recording_train_step
+    tr.step = recording_step
     tr.fit()
-    assert tr.global_step == 2 and len(grads) == 2
+    assert tr.progress.step == 2 and len(grads) == 2
     # the second (short) window: one micro-batch, normalised by its own loss tokens
     ref.raw_model.load_state_dict(states[1])
     ref_grads = capture_step_grads(ref)
-    ref.train_step(batches(ref.dataset, 8, b, 1))
+    ref.step(batches(ref.batches.dataset, 8, b, 1))
     assert_grads_close(grads[1], ref_grads[0])
 
 
 def test_fp16_overflow_skips_the_step_and_halves_the_scale(cfg_factory, tmp_path):
     tr = make(cfg_factory, tmp_path, "precision=fp16", "optim.accumulation_steps=2")
     assert tr.scaler.is_enabled() and tr.scaler.get_scale() == 65536.0
-    window = batches(tr.dataset, 0, 4, 2)
+    window = batches(tr.batches.dataset, 0, 4, 2)
     before = {n: p.detach().clone() for n, p in tr.raw_model.named_parameters()}
     victim = tr.raw_model.model.norm.weight
     handle = victim.register_hook(lambda g: torch.full_like(g, float("inf")))
-    tr.train_step(window)
+    tr.step(window)
     handle.remove()
     for n, p in tr.raw_model.named_parameters():
         assert torch.equal(p, before[n]), f"{n} changed although the step overflowed"
     assert tr.scaler.get_scale() == 32768.0
-    assert int(tr._skipped) == 1
+    assert int(tr.metrics.skipped) == 1
     assert all(p.grad is None for p in tr.raw_model.parameters())  # zero_grad(set_to_none=True)
-    tr.train_step(batches(tr.dataset, 8, 4, 2))  # a clean step updates and keeps the scale
+    tr.step(batches(tr.batches.dataset, 8, 4, 2))  # a clean step updates and keeps the scale
     assert tr.scaler.get_scale() == 32768.0
-    assert int(tr._skipped) == 1
+    assert int(tr.metrics.skipped) == 1
     assert any(not torch.equal(p, before[n]) for n, p in tr.raw_model.named_parameters())
 
 
@@ -146,15 +148,15 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(cfg_factory, tmp_path
 def test_fp32_and_bf16_have_no_scaler(cfg_factory, tmp_path, precision):
     tr = make(cfg_factory, tmp_path, f"precision={precision}")
     assert not tr.scaler.is_enabled()
-    tr.train_step(batches(tr.dataset, 0, 4, 1))
-    assert int(tr._skipped) == 0
+    tr.step(batches(tr.batches.dataset, 0, 4, 1))
+    assert int(tr.metrics.skipped) == 0
 
 
 def test_logged_loss_is_the_true_window_mean(cfg_factory, tmp_path):
     k, b = 4, 2
     tr = make(cfg_factory, tmp_path, f"optim.accumulation_steps={k}", f"data.batch_size={b}",
               "loop.log_interval=1", "loop.max_steps=1")
-    window = batches(tr.dataset, 0, b, k)
+    window = batches(tr.batches.dataset, 0, b, k)
     with torch.no_grad():
         sums = [causal_lm_loss(tr.raw_model(x).logits, y, reduction="sum").item() for x, y in window]
         counts = [int(count_loss_tokens(y)) for _, y in window]
@@ -201,17 +203,19 @@ def test_fused_adamw_where_supported(cfg_factory, tmp_path):
 
 
 def test_trimming_the_padding_tail_changes_nothing(cfg_factory, tmp_path):
-    from minimind.loop import trim_padding
-
     full = make(cfg_factory, tmp_path / "a", "data.trim_padding=false", "data.max_length=128",
                 "optim.accumulation_steps=2")
     trim = make(cfg_factory, tmp_path / "b", "data.trim_padding=true", "data.max_length=128",
                 "optim.accumulation_steps=2")
-    window = batches(full.dataset, 0, 4, 2)
-    x, y = trim_padding(*window[0])
+    window = batches(full.batches.dataset, 0, 4, 2)
+    x, y = trim_padding(window[0])
     assert x.shape[1] < 128 and x.shape[1] % 8 == 0  # the demo dialogues are short
     assert (window[0][1][:, x.shape[1]:] == -100).all()
+    # what each run's DataLoader hands the step (trimming happens while collating)
+    loaded = {name: list(itertools.islice(iter(tr.batches.loader(tr.batches.sampler(0))), 2))
+              for name, tr in (("full", full), ("trim", trim))}
+    assert loaded["full"][0][0].shape[1] == 128 and loaded["trim"][0][0].shape[1] < 128
     g_full, g_trim = capture_step_grads(full), capture_step_grads(trim)
-    full.train_step(window)
-    trim.train_step(window)
+    full.step(loaded["full"])
+    trim.step(loaded["trim"])
     assert_grads_close(g_full[0], g_trim[0], rtol=1e-4, atol=1e-6)
