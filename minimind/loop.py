@@ -266,6 +266,17 @@ class Trainer:
             torch.cuda.empty_cache()
         self._account(loss_sum, n_window, aux_sum / k, grad_norm, finite, tokens, lr)
 
+    def prepare(self, total_steps: int) -> None:
+        """What fit() does before the first step, for a caller that drives the steps itself
+        (benchmarks/step.py): the LR schedule for a run of ``total_steps``, train mode."""
+        self.schedule = self.schedule_factory(total_steps=max(total_steps, 1))
+        self.raw_model.train()
+
+    def step(self, window: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One whole optimizer step over ``window``, the step counter advanced as fit() does."""
+        self.train_step(window)
+        self.global_step += 1
+
     def _account(self, loss_sum, n_window, aux, grad_norm, finite, tokens, lr) -> None:
         """Fold one step into the accumulators: references and host ints, few device ops, no sync."""
         self._last = (loss_sum, n_window, aux)
