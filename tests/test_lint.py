@@ -1,4 +1,4 @@
-"""Style: ruff (pyflakes + pycodestyle + import order) over the package, the entry point and tests."""
+"""Style: ruff (pyflakes + pycodestyle + import order) over the package, the benchmarks, the entry point and tests."""
 
 import shutil
 import subprocess
@@ -13,5 +13,5 @@ def test_ruff_is_clean():
                                                        capture_output=True).returncode != 0:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
-                        "minimind", "launch.py", "tests"], cwd=ROOT, capture_output=True, text=True)
+                        "minimind", "benchmarks", "launch.py", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
