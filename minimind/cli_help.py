@@ -89,6 +89,6 @@ def render(conf_dir: Path) -> str:
         "Run the same command with hydra.run.dir=<run dir> to resume a run.",
         "",
         "More: python launch.py --hydra-help (Hydra's flags), python -m minimind.generate --help,",
-        "python -m minimind.report --help, python -m minimind.bench --help, README.md.",
+        "python -m minimind.report --help, python benchmarks/step.py --help, README.md.",
     ]
     return "\n".join(lines)

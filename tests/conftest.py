@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 LAUNCH = ROOT / "launch.py"
+BENCHMARKS = ROOT / "benchmarks"
 
 # small and fast: a 64-wide 2-layer model on short demo samples, fp32, CPU
 FAST = [
@@ -54,6 +56,14 @@ def run_launch(args: List[str], cwd: Path, timeout: float = 300, env: Optional[d
     full_env.update(env or {})
     cmd = [sys.executable] + (module if module else [str(LAUNCH)]) + list(args)
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def import_benchmark(name: str):
+    """A module of ``benchmarks/`` (scripts beside launch.py, not in the package), imported the
+    way the scripts import each other: with their folder first on sys.path."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 @pytest.fixture

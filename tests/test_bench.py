@@ -1,13 +1,16 @@
-"""``python -m minimind.bench``: the CLI writes every number, and the MFU arithmetic is right."""
+"""``python benchmarks/step.py``: the CLI writes every number, and the MFU arithmetic is right."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
+from conftest import BENCHMARKS, import_benchmark
 
-from minimind import bench
+bench = import_benchmark("step")
+startup = import_benchmark("startup")
 
 KEYS = {"framework_tokens_per_s", "bare_tokens_per_s", "ratio", "peak_mem_mb", "bare_peak_mem_mb",
         "mfu", "framework_ms_per_step", "bare_ms_per_step", "device", "model", "params", "precision",
@@ -47,7 +50,18 @@ def test_importtime_parser():
               "import time:       120 |        120 |   _io\n"
               "import time:      5000 |     900000 | torch\n"
               "import time:        80 |         80 |     wandb.sdk\n")
-    assert bench._imported_modules(stderr) == ["_io", "torch", "wandb.sdk"]
+    assert startup._imported_modules(stderr) == ["_io", "torch", "wandb.sdk"]
+
+
+def test_proc_probes_read_this_process():
+    probes = import_benchmark("probes")
+    mem = probes.status_kb()
+    if not mem:
+        pytest.skip("no /proc")
+    assert mem["VmHWM"] >= mem["VmRSS"] > 0
+    assert probes.process_tree(os.getpid())[0] == os.getpid()
+    assert probes.current_rss_mb() > 0 and probes.meminfo_kb("MemTotal") > 0
+    assert probes.other_cpu(probes.cpu_snapshot(), probes.cpu_snapshot()) >= 0
 
 
 def test_overrides_follow_the_options():
@@ -66,7 +80,7 @@ def test_bench_cli_writes_every_key(tmp_path, launch):
     out = tmp_path / "out.json"
     p = launch(["--model", "tiny", "--steps", "2", "--warmup", "1", "--rounds", "1", "--batch-size", "2",
                 "--seq-len", "32", "--json", str(out), "--vocab-size", "768", "--device", "cpu"],
-               cwd=tmp_path, module=["-m", "minimind.bench"], timeout=600)
+               cwd=tmp_path, module=[str(BENCHMARKS / "step.py")], timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "ratio framework/bare" in p.stdout
     r = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""``python -m minimind.data.bench``: a tiny end-to-end run writes every number, and its helpers
+"""``python benchmarks/data.py``: a tiny end-to-end run writes every number, and its helpers
 (generation, page-cache drop, the GPU arithmetic) do what they say. The exactness of the datasets'
 prefix tokenization is tested in ``test_data_prefix.py``."""
 
@@ -8,9 +8,11 @@ import json
 import os
 
 import pytest
-from conftest import run_launch
+from conftest import BENCHMARKS, import_benchmark, run_launch
 
-from minimind.data import bench
+bench = import_benchmark("data")
+files = import_benchmark("data_files")
+measure = import_benchmark("data_measure")
 
 
 def _positive(d: dict, *keys: str) -> None:
@@ -45,7 +47,7 @@ def test_cli_writes_every_number(tmp_path):
     common = ["--size-gb", "0.005", "--batches", "5", "--workers", "0", "--pretokenize-mb", "1"]
     out = tmp_path / "sft.json"
     proc = run_launch(["--kind", "sft", *common, "--train-steps", "2", "--json", str(out)], cwd=tmp_path,
-                      timeout=240, module=["-m", "minimind.data.bench"])
+                      timeout=240, module=[str(BENCHMARKS / "data.py")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "target loader 5x" in proc.stdout
     res = json.loads(out.read_text())
@@ -65,7 +67,7 @@ def test_cli_writes_every_number(tmp_path):
 
     out = tmp_path / "pretrain.json"
     proc = run_launch(["--kind", "pretrain", *common, "--skip-train", "--json", str(out)], cwd=tmp_path,
-                      timeout=120, module=["-m", "minimind.data.bench"])
+                      timeout=120, module=[str(BENCHMARKS / "data.py")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     _check_common(res, "pretrain")
@@ -77,7 +79,7 @@ def test_generated_lines_are_valid_and_sized(tmp_path, kind):
     from minimind.data.datasets import validate_pretrain, validate_sft
 
     path = str(tmp_path / "x.jsonl")
-    g = bench.generate(kind, path, 300_000, seed=3)
+    g = files.generate(kind, path, 300_000, seed=3)
     data = open(path, "rb").read()
     assert g["bytes"] == len(data) and 250_000 < len(data) <= 300_000
     lines = data.splitlines()
@@ -96,14 +98,14 @@ def test_generated_lines_are_valid_and_sized(tmp_path, kind):
 
 def test_page_cache_drop(tmp_path):
     path = str(tmp_path / "x.jsonl")
-    bench.generate("pretrain", path, 2_000_000)
-    assert bench.drop_from_page_cache(path)
-    frac = bench.resident_fraction(path)
+    files.generate("pretrain", path, 2_000_000)
+    assert files.drop_from_page_cache(path)
+    frac = files.resident_fraction(path)
     if frac is None:
         pytest.skip("mincore unavailable")
     assert 0.0 <= frac <= 1.0
-    bench.raw_read_seconds(path)
-    assert bench.resident_fraction(path) > 0.5  # read back in
+    files.raw_read_seconds(path)
+    assert files.resident_fraction(path) > 0.5  # read back in
 
 
 @pytest.mark.parametrize("kind", ["pretrain", "sft"])
@@ -111,13 +113,13 @@ def test_check_same_and_profile_on_generated_data(tmp_path, kind):
     """The bench's item comparison and per-sample profile (which asserts that the prefix the
     datasets tokenize gives the full encoding's first ids) on generated data."""
     path = str(tmp_path / "x.jsonl")
-    bench.generate(kind, path, 1_000_000, seed=5)
+    files.generate(kind, path, 1_000_000, seed=5)
     for max_length in (16, 340):
-        ds, _ = bench.construct(kind, path, None, max_length)
-        pre, _ = bench.construct(kind, path, None, max_length, pretokenize=True)
-        assert bench.check_same(ds, pre, n=100) == {"checked": 100, "mismatches": 0}
+        ds, _ = measure.construct(kind, path, None, max_length)
+        pre, _ = measure.construct(kind, path, None, max_length, pretokenize=True)
+        assert measure.check_same(ds, pre, n=100) == {"checked": 100, "mismatches": 0}
         assert ds.stats()["truncated"] == pre.stats()["truncated"] > 0
-        prof = bench.profile_samples(ds, kind, n=20)
+        prof = measure.profile_samples(ds, kind, n=20)
         assert prof["encode_prefix_ms"] > 0 and 0 < prof["text_fraction_needed"] <= 1
 
 

@@ -1,4 +1,5 @@
-"""Style: ruff (pyflakes + pycodestyle + import order) over the package, the entry point and tests."""
+"""Style: ruff (pyflakes + pycodestyle + import order) over the package, the entry point, tests,
+benchmarks and scripts."""
 
 import shutil
 import subprocess
@@ -13,5 +14,6 @@ def test_ruff_is_clean():
                                                        capture_output=True).returncode != 0:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
-                        "minimind", "launch.py", "tests"], cwd=ROOT, capture_output=True, text=True)
+                        "minimind", "launch.py", "tests", "benchmarks", "scripts"],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,6 +1,7 @@
 """Generate the embedded demo: small, learnable dialogues, a pretrain corpus and a BPE tokenizer.
 
-    python -m minimind.data.demo --out minimind/data/assets/demo
+    python scripts/make_demo.py                  # rewrites minimind/data/assets/demo
+    python scripts/make_demo.py --out /tmp/demo  # elsewhere (e.g. to compare with the shipped bytes)
 
 Everything is a pure function of ``--seed``: the same command writes the same bytes. The
 dialogues are short tasks with one right answer (table lookups about made-up countries, fruit
@@ -9,6 +10,10 @@ and sorting numbers; spelling, reversing, copying and counting the letters of a 
 greetings), single- and multi-turn, a few with a system turn. Each one fits in 128 tokens with
 the demo tokenizer's chat template, so a ~1M-parameter model learns most of them in minutes of
 CPU training.
+
+A generator, not part of the installed package: the package ships only its output
+(``minimind/data/assets/demo``). The tokenizer is trained by ``minimind.tokenizer`` (the same code
+as ``python -m minimind.tokenizer``).
 """
 
 from __future__ import annotations
@@ -169,10 +174,11 @@ def generate(out: str, dialogues: int = 16000, pretrain_lines: int = 3000, vocab
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minimind.data.demo",
+    from minimind.data.assets import ASSETS_DIR
+
+    p = argparse.ArgumentParser(prog="python scripts/make_demo.py",
                                 description="Generate the embedded demo data and tokenizer (deterministic).")
-    here = os.path.dirname(os.path.abspath(__file__))
-    p.add_argument("--out", default=os.path.join(here, "assets", "demo"),
+    p.add_argument("--out", default=os.path.join(ASSETS_DIR, "demo"),
                    help="output directory (default: the package's assets/demo)")
     p.add_argument("--dialogues", type=int, default=16000, help="SFT conversations (16000)")
     p.add_argument("--pretrain-lines", type=int, default=3000, help="pretrain texts (3000)")

@@ -1,18 +1,19 @@
 """Benchmark the framework's update step against a hand-written PyTorch loop, in one process.
 
-    python -m minimind.bench --model tiny --batch-size 16 --seq-len 128 --vocab-size 768
-    python -m minimind.bench --model minimind2_26m --batch-size 4 --seq-len 256 --steps 1 --rounds 80 \
+    python benchmarks/step.py --model tiny --batch-size 16 --seq-len 128 --vocab-size 768
+    python benchmarks/step.py --model minimind2_26m --batch-size 4 --seq-len 256 --steps 1 --rounds 80 \
         --idle-threshold 0.1 --wait-idle 120                     # a shared CPU machine
-    python -m minimind.bench --model minimind2_26m --device cuda --precision bf16 --batch-size 16 \
+    python benchmarks/step.py --model minimind2_26m --device cuda --precision bf16 --batch-size 16 \
         --seq-len 340 --steps 20 --warmup 10 --rounds 10 --compile
-    python -m minimind.bench --startup          # launch.py --help / --cfg job: wall time, heavy imports
+    python benchmarks/step.py --startup         # launch.py --help / --cfg job: wall time, heavy imports
 
 Two paths run on the same initial weights and the same synthetic batches (random token ids,
 labels = ids, no padding):
 
 - framework: the real config composed with Hydra (conf/), the Trainer built by
-  ``minimind.train.build_trainer`` exactly as ``launch.py`` builds it, and each optimizer step
-  through ``Trainer.train_step(window)`` (the code ``launch.py`` runs per step; no data loading)
+  ``minimind.train.build_trainer`` exactly as ``launch.py`` builds it, made ready with
+  ``Trainer.prepare(total_steps)`` and each optimizer step through ``Trainer.step(window)`` (the
+  code ``launch.py`` runs per step; no data loading)
 - bare: a nanoGPT-style loop on a deep copy of the same model: fused AdamW with the same
   parameter groups, autocast with the same dtype, GradScaler for fp16, mean cross-entropy /
   accum, unscale -> clip -> step -> update -> zero_grad(set_to_none=True). No logging, no syncs.
@@ -32,7 +33,7 @@ Memory: both paths live in the same process, so every figure includes both model
 optimizers. CPU: the peak resident set (VmHWM) of the process during each path's timed steps,
 reset before each (``/proc/self/clear_refs``, which also resets ``ru_maxrss``); where that reset
 is unavailable, ``ru_maxrss`` (process-wide, monotone). GPU: ``torch.cuda.max_memory_allocated``,
-reset before each path.
+reset before each path (``probes.MemProbe``).
 
 MFU uses the PaLM convention: FLOPs per token = 6 N + 12 L H Q T (N parameters, L layers, H query
 heads, Q head dim, T sequence length) over the device's peak dense bf16 FLOP/s (``PEAK_BF16``).
@@ -43,18 +44,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]   # the repository: conf/ and launch.py live here
-CONF = ROOT / "conf"
-LAUNCH = ROOT / "launch.py"
+from common import CONF, positive_int
+from probes import MemProbe, cpu_name, cpu_snapshot, current_rss_mb, maxrss_mb, other_cpu, wait_for_idle
+from startup import format_startup, run_startup
 
 # peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name (first match wins)
 PEAK_BF16: List[Tuple[Tuple[str, ...], float]] = [
@@ -94,110 +92,6 @@ def mfu(tokens_per_s: float, flops_per_tok: float, peak: Optional[float]) -> Opt
     return tokens_per_s * flops_per_tok / peak
 
 
-# ============================================================================ memory probes
-
-def _status_kb(field: str) -> Optional[float]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def current_rss_mb() -> Optional[float]:
-    """Resident set now, from /proc/self/statm (Linux)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def maxrss_mb() -> float:
-    """``ru_maxrss`` of this process (kB on Linux, bytes on macOS)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class MemProbe:
-    """Peak memory of one timed segment (see the module docstring)."""
-
-    def __init__(self, device):
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.can_reset = (not self.cuda) and reset_peak_rss()
-        self.kind = ("cuda_max_memory_allocated" if self.cuda
-                     else "rss_high_water_mark" if self.can_reset else "ru_maxrss (process-wide)")
-
-    def start(self) -> None:
-        import torch
-
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.can_reset:
-            reset_peak_rss()
-
-    def peak_mb(self) -> float:
-        import torch
-
-        if self.cuda:
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        hwm = _status_kb("VmHWM") if self.can_reset else None
-        return hwm / 1024 if hwm is not None else maxrss_mb()
-
-
-def cpu_snapshot() -> Optional[Tuple[float, float, float]]:
-    """(wall s, CPU s busy on the whole machine, CPU s of this process) from /proc (Linux)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (guest is in user)
-        tck = os.sysconf("SC_CLK_TCK")
-        t = os.times()
-        return time.perf_counter(), busy / tck, t.user + t.system
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def other_cpu(before, after) -> Optional[float]:
-    """CPU seconds that other processes used between two snapshots, per wall second (0 = idle)."""
-    if before is None or after is None:
-        return None
-    wall = after[0] - before[0]
-    others = (after[1] - before[1]) - (after[2] - before[2])
-    return max(0.0, others) / max(wall, 1e-9)
-
-
-def wait_for_idle(threshold: Optional[float], limit_s: float, probe_s: float = 1.0) -> float:
-    """Sleep until other processes use at most ``threshold`` cores over ``probe_s`` (or ``limit_s``
-    passed); returns the seconds waited. For shared CPU machines, where a neighbour's job
-    slows a 2-thread OpenMP pool several-fold."""
-    t0 = time.perf_counter()
-    threshold = 0.1 if threshold is None else threshold
-    while True:
-        a = cpu_snapshot()
-        time.sleep(probe_s)
-        o = other_cpu(a, cpu_snapshot())
-        if o is None or o <= threshold or time.perf_counter() - t0 > limit_s:
-            return time.perf_counter() - t0
-
-
 # ============================================================================ the two paths
 
 def compose_config(overrides: Sequence[str]):
@@ -208,7 +102,7 @@ def compose_config(overrides: Sequence[str]):
     from minimind.config import register_configs
 
     if not (CONF / "config.yaml").is_file():
-        raise SystemExit(f"minimind.bench: no Hydra config at {CONF} (run from a source checkout)")
+        raise SystemExit(f"benchmarks/step.py: no Hydra config at {CONF} (run from a source checkout)")
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -334,9 +228,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             bare = BareLoop(bare_model, cfg, device, dtype, bool(args.compile), cfg.optim.grad_clip,
                             args.accum)
             total = args.warmup + args.rounds * args.steps
-            # fit() does this once the run length is known (a minimind.optim.CosineSchedule)
-            trainer.schedule = trainer.schedule_factory(total_steps=max(total, 1))
-            trainer.raw_model.train()
+            trainer.prepare(total)  # the LR schedule for a run of this length, as fit() builds it
             bare_model.train()
             windows = make_windows(min(max(args.steps, 1), 8), args.accum, args.batch_size,
                                    args.seq_len, model_cfg.vocab_size, pin=device.type == "cuda")
@@ -346,11 +238,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
                 if cuda:
                     torch.cuda.synchronize(device)
 
-            def fw_step(window) -> None:
-                trainer.train_step(window)
-                trainer.global_step += 1  # as _run_epochs does after each step
-
-            paths = {"framework": fw_step, "bare": bare.step}
+            paths = {"framework": trainer.step, "bare": bare.step}
             probe = MemProbe(device)
 
             # warm-up, each path on its own (compile, allocator, optimizer state)
@@ -403,7 +291,7 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
             n_params = num_parameters(trainer.raw_model)
             fpt = flops_per_token(n_params, model_cfg.num_hidden_layers, model_cfg.num_attention_heads,
                                   model_cfg.resolved_head_dim, args.seq_len)
-            device_name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
+            device_name = torch.cuda.get_device_name(device) if cuda else cpu_name()
             peak_fl = peak_flops(device_name) if cuda else None
             result = {
                 "framework_tokens_per_s": tps["framework"],
@@ -463,19 +351,6 @@ def run_benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cpus)"
-    except OSError:
-        pass
-    import platform
-
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cpus)"
-
-
 def format_result(r: Dict[str, Any]) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
@@ -509,60 +384,6 @@ def format_result(r: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ============================================================================ startup
-
-def _imported_modules(stderr: str) -> List[str]:
-    """Module names from ``python -X importtime`` output."""
-    names = []
-    for line in stderr.splitlines():
-        m = re.match(r"import time:\s+\d+\s+\|\s+\d+\s+\|\s*(\S+)", line)
-        if m:
-            names.append(m.group(1))
-    return names
-
-
-def run_startup(repeats: int = 3) -> Dict[str, Any]:
-    """Wall time of ``launch.py --help`` / ``--cfg job`` (median of ``repeats``) and heavy imports."""
-    env = dict(os.environ)
-    env.pop("HYDRA_FULL_ERROR", None)
-    out: Dict[str, Any] = {"launch": str(LAUNCH), "repeats": repeats}
-    with tempfile.TemporaryDirectory(prefix="minimind-startup-") as cwd:
-        for label, extra in (("help", ["--help"]), ("cfg_job", ["--cfg", "job"])):
-            cmd = [sys.executable, str(LAUNCH)] + extra
-            walls = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-                walls.append(time.perf_counter() - t0)
-                if p.returncode != 0:
-                    raise SystemExit(f"minimind.bench --startup: {' '.join(cmd)} failed "
-                                     f"(exit {p.returncode}):\n{p.stderr[-2000:]}")
-            p = subprocess.run([sys.executable, "-X", "importtime"] + cmd[1:], cwd=cwd, env=env,
-                               capture_output=True, text=True)
-            mods = _imported_modules(p.stderr)
-            tops = {m.split(".")[0] for m in mods}
-            out[label] = {
-                "command": " ".join(["python", "launch.py"] + extra),
-                "wall_s_median": _median(walls),
-                "wall_s": walls,
-                "imports_torch": "torch" in tops,
-                "imports_wandb": "wandb" in tops,
-                "modules_imported": len(mods),
-            }
-    return out
-
-
-def format_startup(s: Dict[str, Any]) -> str:
-    lines = [f"{'command':<28} {'median s':>9} {'runs (s)':>24} {'torch':>6} {'wandb':>6}"]
-    for key in ("help", "cfg_job"):
-        e = s[key]
-        runs = ", ".join(f"{w:.2f}" for w in e["wall_s"])
-        lines.append(f"{e['command']:<28} {e['wall_s_median']:>9.2f} {runs:>24} "
-                     f"{'yes' if e['imports_torch'] else 'no':>6} {'yes' if e['imports_wandb'] else 'no':>6}")
-    lines.append("targets: < 1 s, no torch / wandb import")
-    return "\n".join(lines)
-
-
 # ============================================================================ CLI
 
 def _clip(value: str) -> Optional[float]:
@@ -574,16 +395,8 @@ def _clip(value: str) -> Optional[float]:
     return v
 
 
-def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1 (the data benchmark uses it too)."""
-    v = int(value)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be an integer >= 1")
-    return v
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minimind.bench", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python benchmarks/step.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="a conf/model name (tiny, minimind2_26m, ...)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

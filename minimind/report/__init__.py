@@ -1,0 +1,42 @@
+"""Compare the jobs of a sweep: ``python -m minimind.report <sweep dir>``.
+
+    python launch.py -m optim.grad_clip=0.3,0.5,1.0 optim.accumulation_steps=1,4,8 hydra/launcher=slurm
+    python -m minimind.report multirun/2026-11-28/12-00-00
+    python -m minimind.report SWEEP --csv out.csv --png out.png --color-by optim.lr --split-by precision
+    python -m minimind.report SWEEP --no-plot
+
+One row per job (ordered by job number): the swept overrides, the status (completed, failed,
+running, interrupted, pending; ``(requeued Nx)`` when SLURM restarted it), final and best loss,
+optimizer steps, tokens/s, skipped (overflow) steps, grad-norm median and max, wall time and,
+for a failed job, the last line of its error. The table goes to stdout, the same rows to
+``<sweep dir>/report.csv`` and the loss curves to ``<sweep dir>/report.png`` (one colour per
+``--color-by`` value, one panel per ``--split-by`` value).
+
+The job list comes from the sweep definition in ``multirun.yaml`` (``hydra.sweeper.params`` and
+``hydra.overrides.task``, expanded in the BasicSweeper's order with Hydra's own parser), so a job
+that died before writing anything still has a row; what each job wrote (``events.jsonl``,
+``metrics.jsonl``, ``summary.json``) and what submitit kept (``.submitit/<job id>/``) fill it in.
+
+One module per concern:
+
+- ``sweep``: the sweep dir -> the job list and each job's files (:func:`collect`)
+- ``hydra_sweep``: the BasicSweeper's expansion of ``multirun.yaml``, the only use of Hydra internals
+- ``submitit_files``: ``.submitit/<job id>/``, the only module that knows submitit's files and pickles
+- ``jobs``: one job's events, metrics and summary -> its row
+- ``table``: the text table and the CSV; ``plotting``: the loss curves; ``cli``: the command
+- ``reading``: tolerant readers of half-written files, shared by the others
+
+Python API: :func:`collect`, :func:`write_csv`, :func:`plot`, :func:`format_table`, :func:`main`.
+Importing this package is cheap: Hydra's parser, omegaconf and matplotlib load on first use, and
+submitit's pickles are read without importing anything they name (no torch).
+"""
+
+from __future__ import annotations
+
+from minimind.report.cli import main
+from minimind.report.hydra_sweep import expand_sweep
+from minimind.report.plotting import plot
+from minimind.report.sweep import SweepError, collect
+from minimind.report.table import format_table, write_csv
+
+__all__ = ["SweepError", "collect", "expand_sweep", "write_csv", "plot", "format_table", "main"]
