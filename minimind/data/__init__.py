@@ -16,7 +16,7 @@ __all__ = ["load_tokenizer", "Tokenizer", "PretrainDataset", "SFTDataset", "Data
 _LAZY = {
     "load_tokenizer": "minimind.data.tokenizer",
     "Tokenizer": "minimind.data.tokenizer",
-    "JsonlIndex": "minimind.data.jsonl",
+    "JsonlIndex": "minimind.data.index",
     "PretrainDataset": "minimind.data.datasets",
     "SFTDataset": "minimind.data.datasets",
 }

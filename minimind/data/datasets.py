@@ -14,7 +14,7 @@ with input_ids (the model shifts inside), -100 where no loss is taken. Like Mini
   ``<|im_start|>assistant\\n`` up to and including the ``<|im_end|>\\n`` that closes it
   (:func:`assistant_labels`, upstream's ``generate_labels`` with its edge cases).
 
-Unlike upstream, nothing is loaded up front: a :class:`~minimind.data.jsonl.JsonlIndex`
+Unlike upstream, nothing is loaded up front: a :class:`~minimind.data.index.JsonlIndex`
 (validated and cached) gives line i, tokenized in ``__getitem__``; ``pretokenize=True``
 tokenizes the file once into a memory-mapped token cache instead.
 
@@ -43,16 +43,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import minimind.data.jsonl as _jsonl
-from minimind.data.errors import DataError, bad_line_message
-from minimind.data.jsonl import (
-    _MAGIC,
-    JsonlIndex,
-    _FileLock,
+from minimind.data.cachefile import (
+    DataFileLock,
     cache_candidates,
+    progress_mode,
     read_header,
-    write_atomic,
+    write_cache,
+    write_header_at_start,
 )
+from minimind.data.errors import DataError, bad_line_message
+from minimind.data.index import JsonlIndex
 from minimind.data.tokenizer import Tokenizer, load_tokenizer
 
 # Upstream sets this too: the Rust thread pool and DataLoader's fork do not mix.
@@ -330,8 +330,7 @@ class _TokenCache:
             f.write(b"\0" * _TOKEN_HEADER_BYTES)
             total = 0
             size = dataset.index.signature["size"]
-            big = size >= _jsonl._PROGRESS_MIN_BYTES  # as for the index: small files finish at once
-            bar_on = big and _jsonl._stderr_is_terminal()
+            big, bar_on = progress_mode(size)
             step = 1024
             t0 = time.perf_counter()
             if big and not bar_on:  # a log file (SLURM): one line now, one at the end, no bar
@@ -362,16 +361,13 @@ class _TokenCache:
                          size / 2**20 / max(dt, 1e-9), total)
             header = {"version": 1, "kind": "tokens", "key": key, "n": n, "total": total,
                       "dtype": np.dtype(dtype).name, "offsets_at": offsets_at, "flags_at": flags_at}
-            blob = json.dumps(header).encode()
-            assert len(_MAGIC) + 8 + len(blob) <= _TOKEN_HEADER_BYTES
-            f.seek(0)
-            f.write(_MAGIC + len(blob).to_bytes(8, "little") + blob)
+            write_header_at_start(f, header, _TOKEN_HEADER_BYTES)
 
-        with _FileLock(dataset.path):
+        with DataFileLock(dataset.path):
             cache = _TokenCache.open(candidates, key)
             if cache is not None:
                 return cache
-            where = write_atomic(candidates, write)
+            where = write_cache(candidates, write)
         if where is None:
             dirs = ", ".join(os.path.dirname(c) for c in candidates)
             raise DataError(f"pretokenize=True: cannot write a token cache for {dataset.path} to any of "
