@@ -11,7 +11,8 @@ import pytest
 
 import minimind.data.index as data_index
 from minimind.data import DataError, JsonlIndex, PretrainDataset
-from minimind.data.datasets import validate_pretrain, validate_sft
+from minimind.data.pretrain import validate_pretrain
+from minimind.data.sft import validate_sft
 
 pytestmark = pytest.mark.skipif(not data_index._can_fork(), reason="needs fork")
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from minimind.data import PretrainDataset, SFTDataset, load_tokenizer
-from minimind.data.datasets import SYSTEM_PROMPTS, assistant_label_rows, assistant_labels
+from minimind.data.labels import assistant_label_rows, assistant_labels
+from minimind.data.sft import SYSTEM_PROMPTS
 from minimind.tokenizer import tokenizer_config, train_tokenizer
 
 # Pieces the random texts are made of: specials whole and cut, ChatML markers, contractions,

@@ -17,8 +17,8 @@ _LAZY = {
     "load_tokenizer": "minimind.data.tokenizer",
     "Tokenizer": "minimind.data.tokenizer",
     "JsonlIndex": "minimind.data.index",
-    "PretrainDataset": "minimind.data.datasets",
-    "SFTDataset": "minimind.data.datasets",
+    "PretrainDataset": "minimind.data.pretrain",
+    "SFTDataset": "minimind.data.sft",
 }
 
 

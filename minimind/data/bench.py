@@ -59,7 +59,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from minimind.data.datasets import PretrainDataset, SFTDataset
+from minimind.data.pretrain import PretrainDataset
+from minimind.data.sft import SFTDataset
 
 ROOT = Path(__file__).resolve().parents[2]   # the repository: conf/ and launch.py live here
 LAUNCH = ROOT / "launch.py"
@@ -545,7 +546,7 @@ def profile_samples(dataset, kind: str, n: int = 200, seed: int = 0) -> Dict[str
     """Where the lazy ``__getitem__`` spends its time (ms per sample, medians over ``n`` lines).
     ``encode`` tokenizes the whole text (what the datasets did before); ``encode_prefix`` is what
     they do: only as much of the text as the kept tokens need (the same ids)."""
-    from minimind.data.datasets import assistant_label_rows
+    from minimind.data.labels import assistant_label_rows
 
     rng = random.Random(seed)
     idx = [rng.randrange(len(dataset)) for _ in range(n)]
