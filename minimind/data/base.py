@@ -70,7 +70,6 @@ def json_kind(v) -> str:
         type(v), "number")
 
 
-
 class BadLines(NamedTuple):
     """What ``on_bad_line="skip"`` dropped: how many, and the first (line number, reason)s."""
 
@@ -158,6 +157,8 @@ class JsonlDataset(Dataset):
         raise NotImplementedError
 
     def _token_cache_key(self) -> str:
+        """Hash of everything the stored tokens depend on. It names the cache file, so the same
+        inputs must keep giving the same key (or every existing token cache is rebuilt)."""
         sig = self.index.signature
         parts = [type(self).__name__, self._cache_params(), str(self.max_length), self.tokenizer.fingerprint,
                  str(sig["size"]), str(sig["mtime_ns"]), sig["head_tail"], str(self.index.validator_key)]
@@ -229,6 +230,7 @@ class JsonlDataset(Dataset):
         return list(zip(torch.from_numpy(ids).unbind(0), torch.from_numpy(labels).unbind(0)))
 
     def _batch(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, labels) of ``indices``: two (B, max_length) int64 arrays."""
         raise NotImplementedError
 
     def __getstate__(self):
