@@ -252,7 +252,7 @@ def page_cache_check(path: str) -> Dict[str, Any]:
 
 def remove_caches(path: str, tokens: bool = True) -> List[str]:
     """Delete the index (and token) caches of ``path`` this project would use (cache_dir=None)."""
-    from minimind.data.jsonl import cache_candidates
+    from minimind.data.cachefile import cache_candidates
 
     gone = []
     for cand in cache_candidates(os.path.abspath(path), None):

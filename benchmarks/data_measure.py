@@ -23,7 +23,7 @@ import numpy as np
 from common import LAUNCH, ROOT
 from probes import process_tree, pss_kb, status_kb
 
-from minimind.data.datasets import PretrainDataset, SFTDataset
+from minimind.data import PretrainDataset, SFTDataset
 
 # ============================================================================ datasets
 
@@ -193,7 +193,7 @@ def profile_samples(dataset, kind: str, n: int = 200, seed: int = 0) -> Dict[str
     """Where the lazy ``__getitem__`` spends its time (ms per sample, medians over ``n`` lines).
     ``encode`` tokenizes the whole text (what the datasets did before); ``encode_prefix`` is what
     they do: only as much of the text as the kept tokens need (the same ids)."""
-    from minimind.data.datasets import assistant_label_rows
+    from minimind.data.labels import assistant_label_rows
 
     rng = random.Random(seed)
     idx = [rng.randrange(len(dataset)) for _ in range(n)]

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from minimind.data import DataError, JsonlIndex, PretrainDataset, SFTDataset, asset_path, load_tokenizer
-from minimind.data.datasets import EMPTY_THINK, SYSTEM_PROMPTS, assistant_labels
+from minimind.data.labels import assistant_labels
+from minimind.data.sft import EMPTY_THINK, SYSTEM_PROMPTS
 from minimind.tokenizer import tokenizer_config, train_tokenizer
 
 WORDS = ("the cat sat on a mat and then ran to the big red house where people live hello world "

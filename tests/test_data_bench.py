@@ -76,7 +76,8 @@ def test_cli_writes_every_number(tmp_path):
 
 @pytest.mark.parametrize("kind", ["pretrain", "sft"])
 def test_generated_lines_are_valid_and_sized(tmp_path, kind):
-    from minimind.data.datasets import validate_pretrain, validate_sft
+    from minimind.data.pretrain import validate_pretrain
+    from minimind.data.sft import validate_sft
 
     path = str(tmp_path / "x.jsonl")
     g = files.generate(kind, path, 300_000, seed=3)

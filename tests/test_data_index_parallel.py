@@ -9,11 +9,12 @@ import random
 import numpy as np
 import pytest
 
-import minimind.data.jsonl as jsonl
+import minimind.data.index as data_index
 from minimind.data import DataError, JsonlIndex, PretrainDataset
-from minimind.data.datasets import validate_pretrain, validate_sft
+from minimind.data.pretrain import validate_pretrain
+from minimind.data.sft import validate_sft
 
-pytestmark = pytest.mark.skipif(not jsonl._can_fork(), reason="needs fork")
+pytestmark = pytest.mark.skipif(not data_index._can_fork(), reason="needs fork")
 
 
 def _messy_file(path, rng: random.Random, n: int = 600, bad_rate: float = 0.05) -> bytes:
@@ -49,7 +50,7 @@ def test_parallel_build_equals_the_serial_one(tmp_path, monkeypatch, seed):
                              workers=1, progress=False))
     assert want[2] > 20  # more bad lines than the examples kept: the first 20 must be the same
     for workers, range_bytes, chunk in ((2, 5000, 1 << 20), (3, 777, 512), (2, 1 << 30, 64)):
-        monkeypatch.setattr(jsonl, "_RANGE_BYTES", range_bytes)
+        monkeypatch.setattr(data_index, "_RANGE_BYTES", range_bytes)
         got = JsonlIndex(str(path), cache_dir=str(tmp_path / f"p{workers}-{range_bytes}-{chunk}"),
                          validate=validate_pretrain, workers=workers, chunk_size=chunk, progress=False)
         assert _state(got) == want
@@ -73,7 +74,7 @@ def test_fail_fast_reports_the_first_bad_line(tmp_path, monkeypatch, where):
         JsonlIndex(str(path), cache_dir=str(tmp_path / "a"), validate=validate_sft, fail_fast=True,
                    workers=1, progress=False)
     assert f"line {k + 1}:" in str(serial.value) and "no assistant turn" in str(serial.value)
-    monkeypatch.setattr(jsonl, "_RANGE_BYTES", 4096)
+    monkeypatch.setattr(data_index, "_RANGE_BYTES", 4096)
     with pytest.raises(DataError) as parallel:
         JsonlIndex(str(path), cache_dir=str(tmp_path / "b"), validate=validate_sft, fail_fast=True,
                    workers=2, chunk_size=1000, progress=False)
@@ -84,7 +85,7 @@ def test_fail_fast_reports_the_first_bad_line(tmp_path, monkeypatch, where):
 def test_any_callable_validates_in_the_forked_workers(tmp_path, monkeypatch):
     path = tmp_path / "l.jsonl"
     path.write_text("".join(f'{{"n": {i}}}\n' for i in range(500)))
-    monkeypatch.setattr(jsonl, "_RANGE_BYTES", 1000)
+    monkeypatch.setattr(data_index, "_RANGE_BYTES", 1000)
     idx = JsonlIndex(str(path), cache_dir=str(tmp_path / "c"), workers=2, progress=False,
                      validate=lambda line: "odd" if json.loads(line)["n"] % 2 else None)
     assert len(idx) == 250 and idx.n_bad == 250 and idx.bad_lines[:2] == [(2, "odd"), (4, "odd")]
@@ -96,8 +97,8 @@ def test_auto_workers(tmp_path, monkeypatch):
     size = path.stat().st_size
     idx = JsonlIndex(str(path), cache_dir=str(tmp_path / "a"), validate=validate_pretrain, progress=False)
     assert idx._workers(size) == 1  # a small file: no processes
-    monkeypatch.setattr(jsonl, "_RANGE_BYTES", size // 8)
-    monkeypatch.setattr(jsonl, "_usable_cores", lambda: 3)
+    monkeypatch.setattr(data_index, "_RANGE_BYTES", size // 8)
+    monkeypatch.setattr(data_index, "_usable_cores", lambda: 3)
     assert idx._workers(size) == 3
     assert JsonlIndex(str(path), cache_dir=str(tmp_path / "b"), progress=False)._workers(size) == 1  # no validator
     # the datasets get the same index either way

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from minimind.data import PretrainDataset, SFTDataset, load_tokenizer
-from minimind.data.datasets import SYSTEM_PROMPTS, assistant_label_rows, assistant_labels
+from minimind.data.labels import assistant_label_rows, assistant_labels
+from minimind.data.sft import SYSTEM_PROMPTS
 from minimind.tokenizer import tokenizer_config, train_tokenizer
 
 # Pieces the random texts are made of: specials whole and cut, ChatML markers, contractions,
@@ -335,9 +336,9 @@ def test_loader_uses_the_batched_fetch_with_workers(tmp_path, toks):
 def test_no_progress_bar_off_a_terminal(tmp_path, toks, monkeypatch, capsys, caplog):
     """stderr is not a terminal (a SLURM log): no tqdm, one log line at the start and one at the
     end of the index build and of the token cache build. On a terminal: the bars."""
-    import minimind.data.jsonl as jsonl
+    import minimind.data.cachefile as cachefile
 
-    monkeypatch.setattr(jsonl, "_PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(cachefile, "_PROGRESS_MIN_BYTES", 0)
     path = _write(tmp_path / "p.jsonl", _pretrain_rows(random.Random(8), 50))
     with caplog.at_level(logging.INFO, logger="minimind.data"):
         PretrainDataset(path, toks["demo"], max_length=32, pretokenize=True, cache_dir=str(tmp_path / "a"))
@@ -348,7 +349,7 @@ def test_no_progress_bar_off_a_terminal(tmp_path, toks, monkeypatch, capsys, cap
     assert sum("tokenizing" in m for m in msgs) == 1 and sum("tokenized in" in m for m in msgs) == 1
 
     caplog.clear()
-    monkeypatch.setattr(jsonl, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(cachefile, "_stderr_is_terminal", lambda: True)
     with caplog.at_level(logging.INFO, logger="minimind.data"):
         PretrainDataset(path, toks["demo"], max_length=32, pretokenize=True, cache_dir=str(tmp_path / "b"))
     err = capsys.readouterr().err

@@ -1,5 +1,11 @@
 """The data layer: JSONL index, pretrain/SFT datasets, tokenizer loading, the demo assets.
 
+One job per module: ``index`` (the line index), ``cachefile`` (the on-disk format and places
+of the index and token caches), ``tokens`` (the token cache), ``base`` (what both datasets
+share), ``pretrain`` and ``sft`` (the datasets and their line validators), ``labels`` (SFT
+labels), ``tokenizer`` and ``prefix`` (loading and encoding; prefix tokenization), ``sampler``,
+``assets``, ``errors``.
+
 Importing ``minimind.data`` stays cheap: torch (datasets) and ``tokenizers`` load on first
 use of the names that need them, and ``minimind.data.assets`` (what the config layer uses to
 resolve ``${mm.asset:...}``) is stdlib only.
@@ -16,9 +22,9 @@ __all__ = ["load_tokenizer", "Tokenizer", "PretrainDataset", "SFTDataset", "Data
 _LAZY = {
     "load_tokenizer": "minimind.data.tokenizer",
     "Tokenizer": "minimind.data.tokenizer",
-    "JsonlIndex": "minimind.data.jsonl",
-    "PretrainDataset": "minimind.data.datasets",
-    "SFTDataset": "minimind.data.datasets",
+    "JsonlIndex": "minimind.data.index",
+    "PretrainDataset": "minimind.data.pretrain",
+    "SFTDataset": "minimind.data.sft",
 }
 
 

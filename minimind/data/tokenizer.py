@@ -8,7 +8,8 @@ inside a text are recognised as tokens), and ``apply_chat_template`` renders the
 template the way ``transformers`` does (sandboxed, ``trim_blocks``/``lstrip_blocks``,
 ``raise_exception``, ``strftime_now``, a ``tojson`` that does not HTML-escape, the special
 token names as template variables), so MiniMind2's and MiniMind-3's real templates give the
-same string they give under ``transformers``.
+same string they give under ``transformers``. ``encode_prefix_batch`` (the first ``limit + 1``
+ids of each text, tokenizing only that much) is a thin call into :mod:`minimind.data.prefix`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Iterable
 
+from minimind.data import prefix
 from minimind.data.errors import DataError
 
 PAD_TOKEN = "<|endoftext|>"
@@ -133,121 +134,23 @@ class Tokenizer:
 
     def encode_prefix_batch(self, texts: list[str], limit: int,
                             add_special_tokens: bool = False) -> list[list[int]]:
-        """``[encode(t, add_special_tokens)[:limit + 1] for t in texts]``, exactly, but each text
-        is tokenized only up to a little past the ``limit + 1``-th token: a dataset that keeps
-        ``max_length`` tokens of a text (and needs one more to know it was truncated) does not
-        pay for the rest of it.
-
-        How: each text is cut at a *safe cut* ``c`` (below) near where ``limit + 1`` tokens are
-        expected to end (a running estimate of characters per token), ``text[:c]`` is encoded;
-        while a text has fewer than ``limit + 1`` ids, the next piece ``text[c:c2]``, again
-        ending at a safe cut (or at the end of the text), is encoded and its ids appended. All
-        texts of a round go through one ``encode_batch_fast`` call.
-
-        Why it is exact. Encoding runs, in order: (1) added-token extraction (``<|im_start|>``,
-        ``<think>``...: the text is split around their occurrences, each becomes its id); (2) the
-        normalizer; (3) the pre-tokenizer, here ByteLevel with GPT-2's regex
-        ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``,
-        matched left to right over each piece between added tokens, every match one
-        pre-token; (4) the BPE model, applied to each pre-token on its own (its result depends
-        only on that pre-token's bytes); (5) the post-processor. A cut at ``c`` cannot change
-        the ids before it, and a piece starting at ``c`` gets the same ids as the full text
-        there, when:
-
-        * (3) ``c`` is a pre-token boundary of the full text and of every piece: ``text[c-1]`` is a
-          letter ``[A-Za-z]`` or CJK ideograph U+4E00-U+9FA5 and ``text[c]`` is not a letter (an
-          ASCII digit, ASCII space/tab/newline/CR, ASCII punctuation but ``'``, or one of a
-          fixed set of CJK punctuation marks), or ``text[c-1]`` is an ASCII digit and ``text[c]``
-          is not a digit (such a letter, space or punctuation). The only regex alternatives
-          that can cover ``text[c-1]`` are then ``\\p{L}+`` (or a contraction ending in that
-          letter) resp. ``\\p{N}+``, and their greedy match stops at ``c`` whatever follows, in the
-          text as in the prefix (where ``c`` is the end). The regex has no look-behind, so the
-          matching of what follows ``c`` starts at ``c`` as it would in a piece starting there;
-          its one look-ahead (``(?!\\S)``) is only reached through whitespace, and ``text[c-1]``
-          is never whitespace. Earlier matches end before ``c`` and see the same characters. The
-          classes are fixed code-point ranges, so no Unicode-version difference between
-          Python's ``re`` and the Rust regex engine can move a boundary.
-        * (1) no added token's occurrence spans ``c``: the two characters around the cut are
-          not two consecutive characters of any added token (a spanning occurrence would
-          contain them). Occurrences then lie wholly before or after ``c``, and the
-          left-to-right, non-overlapping matching picks the same ones in the text as in the
-          prefix and the pieces.
-        * (2), (5) and the rest: supported only without a normalizer, with a ByteLevel
-          pre-tokenizer (``use_regex=True``, ``add_prefix_space=False``: a piece starting at
-          ``c`` must not get a space prepended), a BPE model without dropout, no post-processor
-          (or the ByteLevel one, which adds no ids), no truncation or padding configured, and
-          added tokens without ``lstrip``/``rstrip``/``single_word`` (those look at the
-          characters around an occurrence). MiniMind2's and MiniMind-3's tokenizers are such.
-
-        Everything else falls back to encoding the whole text: other tokenizers (any
-        normalizer, another pre-tokenizer or model, a post-processor that adds ids, ...), a
-        text with lone surrogates (the full encode raises a TypeError on them, and so does
-        this), and a text with no safe cut after the estimate (the remainder is encoded whole).
-        """
-        limit = int(limit)
-        if limit < 0:
-            raise ValueError(f"limit={limit} must be >= 0")
+        """``[encode(t, add_special_tokens)[:limit + 1] for t in texts]``, exactly, each text
+        tokenized only up to a little past its ``limit + 1``-th token where this tokenizer
+        allows it (:mod:`minimind.data.prefix`: how, and why that is exact)."""
         plan = self._prefix_plan()
-        if plan is None:
-            return [ids[:limit + 1] for ids in self._encode_many(list(texts), add_special_tokens)]
-        want = limit + 1
-        out: list[list[int] | None] = [None] * len(texts)
-        todo = []  # [k, text, start, ids so far]
-        for k, text in enumerate(texts):
-            if not text.isascii():
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:  # lone surrogates: the full encode raises, as before
-                    out[k] = self.encode(text, add_special_tokens=add_special_tokens)[:want]
-                    continue
-            todo.append([k, text, 0, []])
-        cpt = self._cpt
-        first = True
-        while todo:
-            pieces = []
-            for item in todo:
-                _, text, start, ids = item
-                need = want - len(ids)
-                if first:
-                    n = start + int(need * cpt) + 8
-                else:  # this text's own characters per token so far, and a margin
-                    n = start + int(need * start / max(len(ids), 1) * 1.15) + 8
-                c = _safe_cut(text, start, n, plan) if n < len(text) else None
-                end = len(text) if c is None else c
-                pieces.append(text[start:end])
-                item[2] = end
-            first = False
-            done_chars = done_tokens = 0
-            left = []
-            for item, ids in zip(todo, self._encode_many(pieces, add_special_tokens)):
-                item[3] += ids
-                if len(item[3]) >= want or item[2] >= len(item[1]):
-                    out[item[0]] = item[3][:want]
-                    if len(item[3]) >= want:
-                        done_chars += item[2]
-                        done_tokens += len(item[3])
-                else:
-                    left.append(item)
-            if done_tokens:
-                cpt = 0.8 * cpt + 0.2 * done_chars / done_tokens
-            todo = left
-        self._cpt = cpt
+        out, self._cpt = prefix.encode_prefix_batch(
+            texts, limit, plan, lambda pieces: self._encode_many(pieces, add_special_tokens),
+            lambda text: self.encode(text, add_special_tokens=add_special_tokens), self._cpt)
         return out
 
     def _prefix_plan(self):
-        """The added tokens' two-character windows when :meth:`encode_prefix_batch` may cut texts
-        (see there), else None. Computed once, and again when the backend changes (tokens
-        added, another normalizer, pre-tokenizer, post-processor, truncation or padding): a
-        few microseconds per call to check."""
-        b = self._backend
-        norm, pre, post = b.normalizer, b.pre_tokenizer, b.post_processor
-        key = (b.get_vocab_size(with_added_tokens=True), str(b.truncation), str(b.padding),
-               norm and norm.__getstate__(), pre and pre.__getstate__(), post and post.__getstate__(),
-               getattr(b.model, "dropout", None))
+        """:func:`minimind.data.prefix.prefix_plan` of this tokenizer; computed once, and again
+        when the backend changes."""
+        key = prefix.plan_key(self._backend)
         cached = self.__dict__.get("_prefix_plan_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
-        self._prefix_plan_cache = (key, _prefix_plan(json.loads(self._backend.to_str())))
+        self._prefix_plan_cache = (key, prefix.prefix_plan(json.loads(self._backend.to_str())))
         return self._prefix_plan_cache[1]
 
     _cpt = 1.0  # running estimate of characters per token (per process), for encode_prefix_batch
@@ -322,63 +225,6 @@ class Tokenizer:
         variables = {**self.special_tokens_map, **kwargs}
         return template.render(messages=chat, tools=tools, documents=documents,
                                add_generation_prompt=add_generation_prompt, **variables)
-
-
-# -- prefix encoding (Tokenizer.encode_prefix_batch) ----------------------------------------
-# Code-point ranges, not Unicode classes: the same in every Python and every regex engine.
-_CUT_LETTER = "A-Za-z\u4e00-\u9fa5"
-_CUT_DIGIT = "0-9"
-_CUT_OTHER = (" \t\n\r" + "".join(re.escape(ch) for ch in "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~")
-              + "\uff0c\u3002\uff01\uff1f\uff1b\uff1a\u3001\uff08\uff09\u300a\u300b"
-              "\u201c\u201d\u2018\u2019\u3010\u3011\u2026\u2014")
-# A safe cut (a position): after a letter, before a digit/space/punctuation; or after a digit,
-# before a letter/space/punctuation.
-_CUT = re.compile(f"(?<=[{_CUT_LETTER}])(?=[{_CUT_DIGIT}{_CUT_OTHER}])"
-                  f"|(?<=[{_CUT_DIGIT}])(?=[{_CUT_LETTER}{_CUT_OTHER}])")
-_CUT_WINDOW = 64
-
-
-def _prefix_plan(spec: dict) -> frozenset | None:
-    """For a tokenizer.json dict: None unless prefix encoding is exact for it (see
-    Tokenizer.encode_prefix_batch), else the set of two-character windows of its added tokens."""
-    pre = spec.get("pre_tokenizer") or {}
-    model = spec.get("model") or {}
-    post = spec.get("post_processor")
-    if (spec.get("normalizer") is not None or spec.get("truncation") is not None
-            or spec.get("padding") is not None
-            or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space") is not False
-            or pre.get("use_regex", True) is not True
-            or model.get("type") != "BPE" or model.get("dropout") not in (None, 0, 0.0)
-            or (post is not None and post.get("type") != "ByteLevel")):
-        return None
-    pairs = set()
-    for t in spec.get("added_tokens") or []:
-        if t.get("lstrip") or t.get("rstrip") or t.get("single_word"):
-            return None
-        content = t.get("content") or ""
-        pairs.update(content[j:j + 2] for j in range(len(content) - 1))
-    return frozenset(pairs)
-
-
-def _safe_cut(text: str, start: int, n: int, added_pairs: frozenset) -> int | None:
-    """The last safe cut c with start < c <= n (looking back at most _CUT_WINDOW characters),
-    else the first one after n; None if there is none."""
-    last = None
-    for m in _CUT.finditer(text, max(start + 1, n - _CUT_WINDOW), n + 1):
-        c = m.start()
-        if text[c - 1:c + 1] not in added_pairs:
-            last = c
-    if last is not None:
-        return last
-    pos = max(n + 1, start + 1)
-    while True:
-        m = _CUT.search(text, pos)
-        if m is None:
-            return None
-        c = m.start()
-        if text[c - 1:c + 1] not in added_pairs:
-            return c
-        pos = c + 1
 
 
 def _clean_up_tokenization(text: str) -> str:

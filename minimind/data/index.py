@@ -7,34 +7,37 @@ the same pass (for large files in a pool of forked processes, each over byte ran
 at line starts, merged in file order: the same result as one process). The result is cached on
 disk and memory-mapped, so a warm start costs a stat, two 64 KiB reads and an ``mmap``.
 
-Cache file: ``<file>.idx`` next to the data when that directory is writable, otherwise
-``$XDG_CACHE_HOME/minimind/index/<name>-<hash of the path>.idx`` (``cache_dir`` overrides). Its
-header stores the file's size, ``mtime_ns`` and a hash of its first and last 64 KiB, plus the
-validator's key and its findings; any mismatch rebuilds. Concurrent builders (DDP ranks)
-serialise on an advisory ``flock`` of the data file, so one builds and the others load.
+Cache file (:mod:`minimind.data.cachefile`'s format and places): ``<file>.idx`` next to the
+data when that directory is writable, otherwise ``$XDG_CACHE_HOME/minimind/index/<name>-<hash
+of the path>.idx`` (``cache_dir`` overrides). Its header stores the file's size, ``mtime_ns``
+and a hash of its first and last 64 KiB, plus the validator's key and its findings; any
+mismatch rebuilds. Concurrent builders (DDP ranks) serialise on an advisory ``flock`` of the
+data file, so one builds and the others load.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from minimind.data.cachefile import (
+    DataFileLock,
+    cache_candidates,
+    file_signature,
+    progress_mode,
+    read_header,
+    write_cache,
+    write_header_and_arrays,
+)
 from minimind.data.errors import DataError, bad_line_message
 
-_MAGIC = b"MMJSONLIDX\x01\n"
 _VERSION = 1
-_SIG_BYTES = 64 * 1024
 _CHUNK = 8 * 1024 * 1024
 _MAX_BAD_EXAMPLES = 20
-# Files smaller than this index in well under a second: no progress bar for them.
-_PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 # Validation (json.loads of every line: 70-170 MB/s per core) runs in a pool of forked
 # processes, each over byte ranges of about this size, for files of at least twice that.
 _RANGE_BYTES = 64 * 1024 * 1024
@@ -45,26 +48,6 @@ Validator = Callable[[bytes], Optional[str]]
 log = logging.getLogger(__name__)
 
 
-def _stderr_is_terminal() -> bool:
-    """Progress bars only on a terminal: in a log file (SLURM) every refresh is a line."""
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def file_signature(path: str, st: os.stat_result | None = None) -> dict:
-    """What identifies a version of the file: size, mtime_ns, hash of its first/last 64 KiB."""
-    st = st or os.stat(path)
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        h.update(f.read(_SIG_BYTES))
-        if st.st_size > _SIG_BYTES:
-            f.seek(max(_SIG_BYTES, st.st_size - _SIG_BYTES))
-            h.update(f.read(_SIG_BYTES))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "head_tail": h.hexdigest()}
-
-
 def validator_key(validate: Validator | None) -> str | None:
     """Identity of a validator inside the cache header (its ``cache_key`` attribute if any)."""
     if validate is None:
@@ -73,93 +56,6 @@ def validator_key(validate: Validator | None) -> str | None:
     if key:
         return str(key)
     return f"{getattr(validate, '__module__', '?')}.{getattr(validate, '__qualname__', repr(validate))}"
-
-
-def default_cache_root() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "minimind", "index")
-
-
-def cache_candidates(path: str, cache_dir: str | None, suffix: str = ".idx") -> list[str]:
-    """Where a cache for ``path`` may live, in the order they are tried."""
-    name = os.path.basename(path)
-    tag = hashlib.blake2b(path.encode(), digest_size=6).hexdigest()
-    if cache_dir is not None:
-        return [os.path.join(os.path.abspath(os.path.expanduser(str(cache_dir))), f"{name}-{tag}{suffix}")]
-    return [os.path.join(os.path.dirname(path), name + suffix),
-            os.path.join(default_cache_root(), f"{name}-{tag}{suffix}")]
-
-
-def write_atomic(candidates: list[str], write: Callable[[object], None]) -> str | None:
-    """Write through ``write(fileobj)`` to the first candidate whose directory takes it
-    (temporary file + ``os.replace``); None when none does."""
-    for target in candidates:
-        directory = os.path.dirname(target)
-        try:
-            os.makedirs(directory, exist_ok=True)
-            if not os.access(directory, os.W_OK):
-                continue
-            tmp = f"{target}.tmp{os.getpid()}"
-            try:
-                with open(tmp, "wb") as f:
-                    write(f)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            return target
-        except OSError:
-            continue
-    return None
-
-
-class _FileLock:
-    """Advisory exclusive lock on the data file itself (nothing extra is created)."""
-
-    def __init__(self, path: str):
-        self.path, self.f = path, None
-
-    def __enter__(self):
-        try:
-            import fcntl
-
-            self.f = open(self.path, "rb")
-            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
-        except (ImportError, OSError):
-            if self.f is not None:
-                self.f.close()
-            self.f = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.f is not None:
-            self.f.close()  # closing releases the flock
-
-
-def write_header_and_arrays(f, header: dict, arrays: list[np.ndarray]) -> None:
-    """``_MAGIC``, 8-byte header length, JSON header, zero padding to 64 bytes, raw arrays."""
-    blob = json.dumps(header, ensure_ascii=False).encode()
-    f.write(_MAGIC)
-    f.write(len(blob).to_bytes(8, "little"))
-    f.write(blob)
-    pos = len(_MAGIC) + 8 + len(blob)
-    f.write(b"\0" * (-pos % 64))
-    for a in arrays:
-        f.write(np.ascontiguousarray(a).tobytes())
-
-
-def read_header(path: str) -> tuple[dict, int] | None:
-    """(header, offset of the first array) of a cache file, or None if it is not one."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(len(_MAGIC)) != _MAGIC:
-                return None
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n).decode())
-        pos = len(_MAGIC) + 8 + n
-        return header, pos + (-pos % 64)
-    except (OSError, ValueError):
-        return None
 
 
 class _RangeResult(NamedTuple):
@@ -325,13 +221,13 @@ class JsonlIndex:
         self.signature = file_signature(self.path)
         candidates = cache_candidates(self.path, cache_dir)
         if not self._load(candidates):
-            with _FileLock(self.path):
+            with DataFileLock(self.path):
                 if not self._load(candidates):  # another process may have built it meanwhile
                     t0 = time.perf_counter()
                     parts = self._build(fail_fast)
                     # Written part by part and then memory-mapped: the whole table is never
                     # held twice in memory.
-                    written = write_atomic(candidates, lambda f: self._write(f, parts))
+                    written = write_cache(candidates, lambda f: self._write(f, parts))
                     if written is None or not self._load([written]):
                         table = np.concatenate(parts, axis=1) if parts else np.zeros((3, 0), dtype=np.int64)
                         self._set_table(np.ascontiguousarray(table, dtype=np.int64))
@@ -389,8 +285,7 @@ class JsonlIndex:
 
         validate = self.validate
         size = self.signature["size"]
-        show = self.progress and size >= _PROGRESS_MIN_BYTES
-        bar_on = show and _stderr_is_terminal()
+        show, bar_on = progress_mode(size) if self.progress else (False, False)
         workers = self._workers(size)
         t0 = time.perf_counter()
         if show and not bar_on:  # a log file (SLURM): one line now, one at the end, no bar
