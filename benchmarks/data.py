@@ -21,7 +21,7 @@ Steps (each reported, ``--json`` writes every number):
    line of ``metrics.jsonl`` (the first optimizer step is done); the peak RSS of the main process
    and of the whole tree (main + DataLoader workers, polled from ``/proc`` every 50 ms; also the
    sum of PSS, which counts pages shared by fork once); ``wait4`` / ``RUSAGE_CHILDREN`` maxrss;
-5. loader throughput: a DataLoader built exactly as ``Trainer._loader`` builds it
+5. loader throughput: the DataLoader the Trainer builds (``minimind.data.loader.Batches``)
    (``batch_sampler=ShardedBatchSampler``, ``num_workers``), for 0 and ``--workers`` workers:
    time to the first batch, then samples/s and batches/s over ``--batches`` batches after a
    warm-up; then the same with ``pretokenize=True`` on a slice of the file (``--pretokenize-mb``;

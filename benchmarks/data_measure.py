@@ -151,20 +151,17 @@ def run_training(kind: str, path: str, run_dir: str, tokenizer: Optional[str], m
 
 def loader_rate(dataset, batch_size: int, workers: int, n_batches: int, warmup: Optional[int] = None,
                 seed: int = 42) -> Dict[str, Any]:
-    """A DataLoader as ``Trainer._loader`` builds it; samples/s after a warm-up."""
-    from torch.utils.data import DataLoader
+    """The DataLoader the Trainer uses (``minimind.data.loader.Batches``); samples/s after a warm-up."""
+    from minimind.data.loader import Batches
 
-    from minimind.data.sampler import ShardedBatchSampler
-
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(0)
-    sampler = ShardedBatchSampler(len(dataset), batch_size, 1, 0, seed, 0, True, 0)
+    batches = Batches(dataset, batch_size=batch_size, num_workers=workers, shuffle=True, seed=seed,
+                      trim_padding=True)
+    sampler = batches.sampler(0)
     # prefetch_factor (2) batches per worker are queued during the warm-up; drain them first.
     warmup = warmup if warmup is not None else max(2, 2 * workers + 1)
     warmup = min(warmup, max(len(sampler) - 1, 1))
     n_batches = max(1, min(n_batches, len(sampler) - warmup))
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=False,
-                        persistent_workers=False)
+    loader = batches.loader(sampler)
     t0 = time.perf_counter()
     it = iter(loader)
     next(it)

@@ -165,6 +165,26 @@ def restore_rng(state: Dict[str, Any], rank: int, world_size: int, batch_size: i
     return same
 
 
+def restore(state: Dict[str, Any], path: os.PathLike, *, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, scaler, progress, metrics, dist, batch_size: int) -> None:
+    """Put a checkpoint's state back into the run's parts, and say where the run continues."""
+    load_model(model, path, state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    progress.load_state_dict(state)
+    metrics.load_state_dict(state)
+    same_layout = restore_rng(state, dist.rank, dist.world_size, batch_size)
+    if state.get("upstream"):
+        return  # from_upstream said what it did
+    msg = (f"resumed from {path}: step {progress.step}, epoch {progress.epoch + 1}, "
+           f"{progress.samples_in_epoch} samples into the epoch")
+    if not same_layout:
+        msg += (f"; world size {state['world_size']} -> {dist.world_size}, batch "
+                f"{state.get('batch_size')} -> {batch_size}: continuing at the same sample, not bit-exact")
+    log.info(msg)
+
+
 def from_upstream(path: os.PathLike, s: Dict[str, Any], model: torch.nn.Module,
                   optimizer: torch.optim.Optimizer, batches, accumulation_steps: int,
                   world_size: int) -> Dict[str, Any]:

@@ -149,13 +149,10 @@ class Trainer:
         self.progress = Progress()
         self.metrics = StepMetrics(self.device, count_overflows=self.scaler.is_enabled(),
                                    watch_nan=self.on_nan == "stop" and not self.scaler.is_enabled())
-        self.schedule = None
-        self.stop = StopRequest()
+        self.schedule, self.stop = None, StopRequest()  # the schedule: prepare() builds it
         self.is_moe = bool(getattr(getattr(model, "config", None), "use_moe", False))
         self.resumed_from: Optional[str] = None
-        self.last_saved_step = -1
-        self._nan_run = 0  # on_nan=skip: skipped updates in a row
-        self._interval_tokens = 0
+        self.last_saved_step, self._nan_run, self._interval_tokens = -1, 0, 0  # _nan_run: skips in a row
         self.history: List[Dict[str, Any]] = []
         self.summary: Dict[str, Any] = {}
 
@@ -284,24 +281,12 @@ class Trainer:
         if ckpt.is_upstream_resume(state):
             state = ckpt.from_upstream(path, state, self.raw_model, self.optimizer, self.batches, self.accum,
                                        self.dist.world_size)
-        ckpt.load_model(self.raw_model, path, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.progress.load_state_dict(state)
-        self.metrics.load_state_dict(state)
-        same_layout = ckpt.restore_rng(state, self.dist.rank, self.dist.world_size, self.batches.batch_size)
+        ckpt.restore(state, path, model=self.raw_model, optimizer=self.optimizer, scaler=self.scaler,
+                     progress=self.progress, metrics=self.metrics, dist=self.dist,
+                     batch_size=self.batches.batch_size)
         self.last_saved_step = self.progress.step
         self.resumed_from = str(path)
         p = self.progress
-        if not state.get("upstream"):
-            msg = (f"resumed from {path}: step {p.step}, epoch {p.epoch + 1}, "
-                   f"{p.samples_in_epoch} samples into the epoch")
-            if not same_layout:
-                msg += (f"; world size {state['world_size']} -> {self.dist.world_size}, batch "
-                        f"{state.get('batch_size')} -> {self.batches.batch_size}: continuing at the same "
-                        f"sample, not bit-exact")
-            log.info(msg)
         self.tracker.event("resume", path=str(path), step=p.step, epoch=p.epoch, samples_in_epoch=p.samples_in_epoch,
                            world_size=self.dist.world_size, saved_world_size=int(state["world_size"]),
                            **({"upstream": True} if state.get("upstream") else {}))
@@ -310,12 +295,9 @@ class Trainer:
 
     def total_steps(self) -> int:
         """Optimizer steps from the start to the end of the run (max_steps or the last epoch)."""
-        p, steps = self.progress, 0
-        for e in range(p.epoch, self.epochs):
-            steps += -(-self.batches.batches_left(e, p.samples_in_epoch if e == p.epoch else 0) // self.accum)
-        if self.max_steps is not None:
-            steps = min(steps, max(0, self.max_steps - p.step))
-        return p.step + steps
+        p = self.progress
+        steps = self.batches.windows_left(p.epoch, p.samples_in_epoch, self.epochs, self.accum)
+        return p.step + (steps if self.max_steps is None else min(steps, max(0, self.max_steps - p.step)))
 
     def fit(self) -> float:
         self.restore()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, FAST, run_launch
+from conftest import CONF, run_launch
 
 from minimind.errors import ConfigError
 

@@ -85,6 +85,12 @@ class Batches:
     def batches_left(self, epoch: int, start: int = 0) -> int:
         return len(self.sampler(epoch, start))
 
+    def windows_left(self, epoch: int, start: int, epochs: int, accumulation_steps: int) -> int:
+        """Optimizer steps from ``start`` samples into ``epoch`` to the end of the last epoch (a
+        window cut short by an epoch's end is a step of its own)."""
+        return sum(-(-self.batches_left(e, start if e == epoch else 0) // accumulation_steps)
+                   for e in range(epoch, epochs))
+
     def loader(self, sampler: ShardedBatchSampler) -> DataLoader:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(sampler.epoch)  # workers copy the dataset at iter() time
