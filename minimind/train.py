@@ -130,9 +130,7 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
 
     if env.rank() != 0:
         _silence_file_logs()
-    cpus = env.slurm_cpus_per_task()
-    if cpus:  # torch would start a thread per core of the node and spin against other jobs
-        torch.set_num_threads(cpus)
+    _respect_cpu_allocation(torch)
     dist = instantiate(cfg.dist, device=cfg.device)
     try:
         device = dist.device
@@ -199,6 +197,17 @@ def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     finally:
         trainer.tracker.close(failed=failed)
         trainer.dist.destroy()
+
+
+def _respect_cpu_allocation(torch) -> None:
+    """Use the CPUs SLURM gave this task, not every core of the node.
+
+    torch starts one thread per core it can see; four 1-CPU jobs on a shared node would each run
+    a full-width OpenMP pool and spin against each other. OMP_NUM_THREADS, if set, still wins.
+    """
+    cpus = env.slurm_cpus_per_task()
+    if cpus:
+        torch.set_num_threads(cpus)
 
 
 def _silence_file_logs() -> None:
