@@ -97,7 +97,8 @@ class ModelConfig(MiniMindConfig):
     _target_: str = "minimind.model.build_model"
     family: Family = knob(Family.minimind2, "minimind2 | minimind3: intermediate-size formula and "
                                             "MoE router details")
-    from_weight: Optional[str] = knob(None, "start from these weights (upstream .pth / .safetensors): "
+    from_weight: Optional[str] = knob(None, "start from these weights (upstream .pth / .safetensors, or a "
+                                            "Hugging Face folder: python -m minimind.export): "
                                             "weights only, a new run (loop.resume continues a run)")
 
 

@@ -82,9 +82,14 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
             raise ConfigError(f"data.tokenizer={d.tokenizer!r}: not a tokenizer directory (expected a "
                               "folder with tokenizer.json and optionally tokenizer_config.json)")
     fw = cfg.model.from_weight
-    if fw is not None and not Path(fw).is_file():
+    if fw is not None and Path(fw).is_dir():  # a Hugging Face folder: its config.json must fit model=
+        from minimind.hf.spec import check_against
+
+        model = OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
+        check_against(fw, {k: v for k, v in model.items() if k not in ("_target_", "from_weight")})
+    elif fw is not None and not Path(fw).is_file():
         raise ConfigError(f"model.from_weight={fw!r}: no such file (expected a .pth or .safetensors "
-                          "state dict in upstream MiniMind's format)")
+                          "state dict in upstream MiniMind's format, or a Hugging Face folder)")
     for what, folder in (("hydra.run.dir", run_dir), ("loop.save_dir", cfg.loop.save_dir)):
         if folder is None:
             continue

@@ -106,6 +106,10 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
     obj: Any = source
     if isinstance(source, (str, os.PathLike)):
         name = str(source)
+        if os.path.isdir(name):  # a Hugging Face folder (python -m minimind.export, upstream's layout)
+            from minimind.hf.tensors import read_folder
+
+            return read_folder(name)[2]
         if not os.path.isfile(name):
             raise WeightsError(f"weights file not found: {name}")
         try:
@@ -146,8 +150,12 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torc
     holding only one of the tied names (lm_head.weight / model.embed_tokens.weight) is accepted.
     """
     name = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
-    state = read_state_dict(source)
     target = unwrap(model)
+    if name != "the given state dict" and os.path.isdir(name) and getattr(target, "config", None) is not None:
+        from minimind.hf.spec import check_against
+
+        check_against(name, target.config.to_dict())  # config.json vs this model, field by field
+    state = read_state_dict(source)
     own = target.state_dict()
     tied = ("lm_head.weight", "model.embed_tokens.weight")
     for a, b in (tied, tied[::-1]):
