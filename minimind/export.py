@@ -1,4 +1,4 @@
-"""Export trained weights as a Hugging Face folder: ``python -m minimind.export``.
+r"""Export trained weights as a Hugging Face folder: ``python -m minimind.export``.
 
     python -m minimind.export outputs/2025-01-01_12-00-00 --out hf/minimind-demo
     python -m minimind.export full_sft_512.pth --model conf/model/minimind2_26m.yaml \

@@ -433,6 +433,29 @@ def test_existing_out_is_kept_unless_forced(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf.")] == []  # no temporary left
 
 
+def test_arch_minimind_writes_upstreams_layout_on_request(tmp_path):
+    model = make_model(CASES["minimind3"][0])
+    assert export(model, tmp_path / "mm", force_minimind=True).architecture == spec.MINIMIND
+    config = json.loads((tmp_path / "mm" / "config.json").read_text())
+    assert config["model_type"] == "minimind" and config["auto_map"] == spec.AUTO_MAP
+    with torch.no_grad():
+        assert torch.allclose(load_hf(tmp_path / "mm", standard=False)(IDS).logits, model(IDS).logits, atol=1e-4)
+
+
+def test_run_without_final_weights_exports_its_newest_checkpoint(tmp_path):
+    model = make_model(CASES["minimind2"][0])
+    run = fake_run(tmp_path, model)
+    (run / "pretrain_64.pth").unlink()
+    (run / "checkpoints").mkdir()
+    torch.save({"model": model.state_dict(), "global_step": 7}, run / "checkpoints" / "step_00000007.pt")
+    assert main([str(run), "--out", str(tmp_path / "hf")]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["torch_dtype"] == "float32"  # a checkpoint holds the fp32 model, kept as it is
+    assert "step_00000007.pt" in (tmp_path / "hf" / "README.md").read_text()
+    with torch.no_grad():
+        assert torch.allclose(load_hf(tmp_path / "hf")(IDS).logits, model(IDS).logits, atol=1e-4)
+
+
 def test_export_of_an_upstream_folder_to_a_standard_class(tmp_path):
     model = make_model(CASES["minimind3"][0])
     config = {"architectures": ["MiniMindForCausalLM"], "model_type": "minimind", "hidden_size": 64,

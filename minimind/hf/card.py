@@ -161,7 +161,8 @@ def render(*, name: str, target: Target, fields: dict, dtype: str, weights: str,
               'path = "."  # this folder', f"tokenizer = AutoTokenizer.from_pretrained(path{trust})",
               f"model = AutoModelForCausalLM.from_pretrained(path{trust})",
               'ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}],',
-              '                                    add_generation_prompt=True, return_tensors="pt")',
+              '                                    add_generation_prompt=True, return_dict=True,',
+              '                                    return_tensors="pt")["input_ids"]',
               "out = model.generate(ids, max_new_tokens=64, do_sample=False)",
               "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))", "```", ""]
     if not remote:

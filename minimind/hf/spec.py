@@ -284,7 +284,8 @@ def implied_fields(cj: dict, where: str) -> dict:
                  intermediate_size=shared_width // n_shared if n_shared else None,
                  aux_loss_alpha=float(cj.get("router_aux_loss_coef", 0.01)), seq_aux=ours.get("seq_aux", True))
     elif arch == QWEN3_MOE:
-        f.update(use_moe=True, family="minimind3", n_routed_experts=cj.get("num_experts", cj.get("num_local_experts", 128)),
+        experts = cj.get("num_experts", cj.get("num_local_experts", 128))  # transformers 5 saves the latter
+        f.update(use_moe=True, family="minimind3", n_routed_experts=experts,
                  num_experts_per_tok=cj.get("num_experts_per_tok", 8), n_shared_experts=0,
                  norm_topk_prob=bool(cj.get("norm_topk_prob", False)),
                  moe_intermediate_size=cj.get("moe_intermediate_size"),
