@@ -237,7 +237,8 @@ def _reference_sft(ds, i, conversations):
     full = tok.encode(prompt, add_special_tokens=True)
     ids = full[:ds.max_length]
     ids = ids + [tok.pad_token_id] * (ds.max_length - len(ids))
-    return ids, assistant_labels(ids, ds.assistant_start, ds.assistant_end), len(full) > ds.max_length
+    return ids, assistant_labels(ids, ds.assistant_start, ds.assistant_end, ds.assistant_newlines), \
+        len(full) > ds.max_length
 
 
 def _write(path, rows):

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 ON_BAD_LINE = ("error", "skip")
 _COUNTER_SLOTS = 65  # row 0: the main process; rows 1..64: DataLoader workers
-_TRUNCATED, _SEEN = 0, 1
+_TRUNCATED, _SEEN, _EMPTY = 0, 1, 2
 
 
 # -- line validators (run on every line while indexing; return None or what is wrong) -------
@@ -95,6 +95,7 @@ class JsonlDataset(Dataset):
     ``_cache_params``, ``_tokenize_for_cache`` and ``_batch``."""
 
     _validator = None  # set by subclasses
+    _counts_empty = False  # the pretrain dataset counts empty texts (``empty_texts`` in stats(), if any)
 
     def __init__(self, path, tokenizer, max_length: int, on_bad_line: str, cache_dir, pretokenize: bool):
         super().__init__()
@@ -138,7 +139,7 @@ class JsonlDataset(Dataset):
 
         # Shared memory, so counts made in DataLoader workers reach the main process; one row
         # per process, so no two processes ever write the same cell.
-        self._counters = torch.zeros((_COUNTER_SLOTS, 2), dtype=torch.int64).share_memory_()
+        self._counters = torch.zeros((_COUNTER_SLOTS, 3), dtype=torch.int64).share_memory_()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._np_views = None
 
@@ -174,21 +175,27 @@ class JsonlDataset(Dataset):
             self._np_views = (pid, self._counters.numpy(), self._epoch.numpy())
         return self._np_views
 
-    def _count(self, truncated: bool, seen: int = 1) -> None:
-        """Add ``seen`` samples, ``truncated`` (a bool or a count) of them truncated."""
+    def _count(self, truncated: bool, seen: int = 1, empty: int = 0) -> None:
+        """Add ``seen`` samples, ``truncated`` (a bool or a count) of them truncated, ``empty``
+        of them with no text (a pretrain sample of nothing but its specials)."""
         info = torch.utils.data.get_worker_info()
         row = 0 if info is None else 1 + info.id % (_COUNTER_SLOTS - 1)
         counts = self._views()[1]
         counts[row, _SEEN] += seen
         if truncated:
             counts[row, _TRUNCATED] += int(truncated)
+        if empty:
+            counts[row, _EMPTY] += int(empty)
 
     def stats(self) -> dict:
         """Samples truncated to max_length and samples produced so far (all processes, the
         DataLoader's workers included), and bad lines dropped at indexing."""
         totals = self._counters.sum(0)
-        return {"truncated": int(totals[_TRUNCATED]), "bad_lines": int(self.bad_lines.count),
-                "samples_seen": int(totals[_SEEN])}
+        out = {"truncated": int(totals[_TRUNCATED]), "bad_lines": int(self.bad_lines.count),
+               "samples_seen": int(totals[_SEEN])}
+        if self._counts_empty and int(totals[_EMPTY]):  # only when there were some: what to look into
+            out["empty_texts"] = int(totals[_EMPTY])
+        return out
 
     def reset_stats(self) -> None:
         self._counters.zero_()
@@ -206,10 +213,8 @@ class JsonlDataset(Dataset):
         raw = self.index.line(i)
         try:
             return json.loads(raw.decode("utf-8"))
-        except ValueError as e:  # the file changed under the index
-            raise DataError(bad_line_message(
-                self.path, self.index.line_number(i),
-                f"cannot be parsed any more ({e}); was the file changed while in use?"))
+        except ValueError as e:  # it was valid when indexed: the file changed, or the index is wrong
+            raise DataError(self.index.mismatch_message(i, f"cannot be parsed any more ({e})")) from None
 
     def _pad_rows(self, rows: list) -> np.ndarray:
         """(B, max_length) int64: each row's ids (a list or an array, at most max_length of

@@ -5,14 +5,18 @@ rank). Here one pass over the file in large binary chunks finds the newlines wit
 records where every non-empty line starts and ends; an optional validator parses each line in
 the same pass (for large files in a pool of forked processes, each over byte ranges that start
 at line starts, merged in file order: the same result as one process). The result is cached on
-disk and memory-mapped, so a warm start costs a stat, two 64 KiB reads and an ``mmap``.
+disk and memory-mapped, so a warm start costs a stat, two 64 KiB reads, an ``mmap`` and the
+checks below (a CRC over the table, a few thousand 1-byte reads).
 
 Cache file (:mod:`minimind.data.cachefile`'s format and places): ``<file>.idx`` next to the
 data when that directory is writable, otherwise ``$XDG_CACHE_HOME/minimind/index/<name>-<hash
 of the path>.idx`` (``cache_dir`` overrides). Its header stores the file's size, ``mtime_ns``
 and a hash of its first and last 64 KiB, plus the validator's key and its findings; any
-mismatch rebuilds. Concurrent builders (DDP ranks) serialise on an advisory ``flock`` of the
-data file, so one builds and the others load.
+mismatch rebuilds. The body is verified too (:mod:`minimind.data.verify`: a checksum, the
+table's shape, line starts checked against the file, and every later read), so a damaged or
+stale cache is rebuilt with a warning naming it, and never blamed on the data file.
+Concurrent builders (DDP ranks) serialise on an advisory ``flock`` of the data file, so one
+builds and the others load.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
+from minimind.data import verify
 from minimind.data.cachefile import (
     DataFileLock,
     cache_candidates,
@@ -35,13 +40,16 @@ from minimind.data.cachefile import (
 )
 from minimind.data.errors import DataError, bad_line_message
 
-_VERSION = 1
+_VERSION = 2  # 2: the header holds a checksum of the table and of its findings
 _CHUNK = 8 * 1024 * 1024
 _MAX_BAD_EXAMPLES = 20
 # Validation (json.loads of every line: 70-170 MB/s per core) runs in a pool of forked
 # processes, each over byte ranges of about this size, for files of at least twice that.
 _RANGE_BYTES = 64 * 1024 * 1024
 _MAX_WORKERS = 16
+# A cache's line starts are checked for every entry below this size, else for a spread of them.
+_CHECK_ALL_BELOW = 4096
+_SPOT_CHECKS = 1024
 
 Validator = Callable[[bytes], Optional[str]]
 
@@ -215,6 +223,7 @@ class JsonlIndex:
         self.cache_hit = False
         self.build_seconds = 0.0
         self.cache_path: str | None = None
+        self.table_checksum: str | None = None
         self._fd_: int | None = None
         self._fd_pid: int | None = None
 
@@ -231,19 +240,24 @@ class JsonlIndex:
                     if written is None or not self._load([written]):
                         table = np.concatenate(parts, axis=1) if parts else np.zeros((3, 0), dtype=np.int64)
                         self._set_table(np.ascontiguousarray(table, dtype=np.int64))
+                        self.table_checksum = verify.checksum([self._table], self._facts())
                     del parts
                     self.cache_hit = False
                     self.build_seconds = time.perf_counter() - t0
 
     # -- cache ---------------------------------------------------------------------------
-    def _header(self) -> dict:
-        return {"version": _VERSION, "kind": "jsonl-index", **self.signature,
-                "validator": self.validator_key, "n": int(self._n), "n_lines": int(self.n_lines),
+    def _facts(self) -> dict:
+        """What the header says besides the signature; the checksum covers these too."""
+        return {"validator": self.validator_key, "n": int(self._n), "n_lines": int(self.n_lines),
                 "n_bad": int(self.n_bad), "bad": [list(b) for b in self.bad_lines]}
 
     def _write(self, f, parts: list[np.ndarray]) -> None:
         # The table is (3, n) row-major: every part's starts, then ends, then line numbers.
-        write_header_and_arrays(f, self._header(), [p[row] for row in range(3) for p in parts])
+        arrays = [p[row] for row in range(3) for p in parts]
+        self.table_checksum = verify.checksum(arrays, self._facts())
+        header = {"version": _VERSION, "kind": "jsonl-index", **self.signature, **self._facts(),
+                  "checksum": self.table_checksum}
+        write_header_and_arrays(f, header, arrays)
 
     def _load(self, candidates: list[str]) -> bool:
         for cand in candidates:
@@ -254,20 +268,38 @@ class JsonlIndex:
             if (header.get("version") != _VERSION or header.get("kind") != "jsonl-index"
                     or any(header.get(k) != v for k, v in self.signature.items())
                     or header.get("validator") != self.validator_key):
-                continue
-            n = int(header["n"])
+                continue  # another file version, format or validator: rebuilt, nothing wrong
             try:
+                n = int(header["n"])
                 table = (np.memmap(cand, dtype=np.int64, mode="r", offset=offset, shape=(3, n))
                          if n else np.zeros((3, 0), dtype=np.int64))
-            except (OSError, ValueError):
+                facts = {k: header[k] for k in ("validator", "n", "n_lines", "n_bad", "bad")}
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("index cache %s of %s cannot be read (%s); rebuilding it", cand, self.path, e)
+                continue
+            problem = self._problem(table, facts, header.get("checksum"))
+            if problem:
+                log.warning("index cache %s does not match %s (%s); rebuilding it", cand, self.path, problem)
+                del table
                 continue
             self._set_table(table)
             self.n_lines = int(header["n_lines"])
             self.n_bad = int(header["n_bad"])
             self.bad_lines = [(int(a), str(b)) for a, b in header["bad"]]
-            self.cache_path, self.cache_hit = cand, True
+            self.cache_path, self.cache_hit, self.table_checksum = cand, True, header["checksum"]
             return True
         return False
+
+    def _problem(self, table: np.ndarray, facts: dict, stored: str | None) -> str | None:
+        """Why the cached table cannot be trusted, or None (:mod:`minimind.data.verify`)."""
+        return verify.table_problem_in_file(self.path, table, facts, stored, self.signature["size"],
+                                            _CHECK_ALL_BELOW, _SPOT_CHECKS)
+
+    def mismatch_message(self, i: int, what: str) -> str:
+        """Whose fault it is that entry i cannot be used: the file's (it changed since it was
+        indexed) or the cache's (the file is as indexed): never the data file for the cache."""
+        return verify.mismatch_message(self, i, what, changed=file_signature(self.path) != self.signature
+                                       if os.path.exists(self.path) else True)
 
     def _set_table(self, table: np.ndarray) -> None:
         self._table = table
@@ -373,13 +405,13 @@ class JsonlIndex:
         return self._fd_
 
     def line(self, i: int) -> bytes:
-        """The raw bytes of the i-th indexed line (without its newline)."""
+        """The raw bytes of the i-th indexed line (without its newline); DataError (naming the
+        cache or, if it changed, the file) when they are not one whole line of the file."""
         start, end = int(self._starts[i]), int(self._ends[i])
-        fd = self._fd()
-        if hasattr(os, "pread"):
-            return os.pread(fd, end - start, start)
-        os.lseek(fd, start, os.SEEK_SET)  # pragma: no cover (no pread: Windows)
-        return os.read(fd, end - start)
+        got = verify.read_checked(self._fd(), start, end, self.signature["size"])
+        if got is None:
+            raise DataError(self.mismatch_message(i, "not a whole line"))
+        return got
 
     def line_number(self, i: int) -> int:
         """1-based line number of the i-th indexed line in the file."""

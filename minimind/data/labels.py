@@ -6,6 +6,14 @@ The labels keep the tokens after each ``<|im_start|>assistant\\n`` up to and inc
 :func:`assistant_labels` is that rule on a list of ids, written as upstream's; the datasets
 use :func:`assistant_label_rows`, the same labels for a whole (B, n) batch in numpy (tests
 hold the two equal).
+
+``start_last``: token ids accepted in place of the marker's last token, the newline. A
+byte-level BPE merges that newline with whitespace that opens the reply (MiniMind2's
+tokenizer: ``"\\n  "`` is one token, ``"\\n\\t\\t"`` another), and d65ef2c's exact marker then
+never matches: the reply gets no label at all. MiniMind2's dataset (c090b69) finds
+``<|im_start|>assistant`` and skips the one token after it, whatever it is, so it labels such
+a reply from its next token on; with ``start_last`` = the whitespace tokens that begin with a
+newline (:func:`newline_tokens`) the rule gives those labels, and d65ef2c's everywhere else.
 """
 
 from __future__ import annotations
@@ -16,7 +24,25 @@ from typing import Sequence
 import numpy as np
 
 
-def assistant_labels(ids: list[int], start_seq: list[int], end_seq: list[int]) -> list[int]:
+def newline_tokens(tokenizer) -> list[int]:
+    """Ids of the tokens that are whitespace beginning with a newline (``"\\n"``, ``"\\n  "``...)."""
+    backend = tokenizer.backend
+    size = backend.get_vocab_size(with_added_tokens=True)
+    texts = backend.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+    return [i for i, t in enumerate(texts) if t.startswith("\n") and not t.strip()]
+
+
+def _opens(ids, i: int, start_seq: Sequence[int], start_last) -> bool:
+    """Whether the marker (its last token, or one of ``start_last``) starts at ids[i]."""
+    lb = len(start_seq)
+    if start_last is None:
+        return list(ids[i:i + lb]) == list(start_seq)
+    return (list(ids[i:i + lb - 1]) == list(start_seq[:-1]) and i + lb <= len(ids)
+            and (ids[i + lb - 1] == start_seq[-1] or ids[i + lb - 1] in start_last))
+
+
+def assistant_labels(ids: list[int], start_seq: list[int], end_seq: list[int],
+                     start_last=None) -> list[int]:
     """Upstream's ``SFTDataset.generate_labels`` (d65ef2c), step for step but searching with
     ``list.index``. Scanning left to right: at each occurrence of ``start_seq``
     (``<|im_start|>assistant\\n``), the labels from just after it up to and including the next
@@ -27,13 +53,14 @@ def assistant_labels(ids: list[int], start_seq: list[int], end_seq: list[int]) -
     labels = [-100] * n
     lb, le = len(start_seq), len(end_seq)
     b0, e0 = start_seq[0], end_seq[0]
+    start_last = set(start_last) if start_last and lb > 1 else None
     i = 0
     while i < n:
         try:
             i = ids.index(b0, i)
         except ValueError:
             break
-        if ids[i:i + lb] != start_seq:
+        if not _opens(ids, i, start_seq, start_last):
             i += 1
             continue
         start = end = i + lb
@@ -65,21 +92,25 @@ def _occurrences(row: bytes, pattern: bytes, width: int) -> list[int]:
     return out
 
 
-def assistant_label_rows(ids: np.ndarray, start_seq: Sequence[int], end_seq: Sequence[int]) -> np.ndarray:
+def assistant_label_rows(ids: np.ndarray, start_seq: Sequence[int], end_seq: Sequence[int],
+                         start_last=None) -> np.ndarray:
     """:func:`assistant_labels` for every row of a (B, n) integer array (or one row): the same
     labels, as int64, without Python lists of ids (both markers are found with ``bytes.find``
     on the rows' int64 bytes, then upstream's rule walks their positions)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if ids.ndim == 1:
-        return assistant_label_rows(ids[None], start_seq, end_seq)[0]
+        return assistant_label_rows(ids[None], start_seq, end_seq, start_last)[0]
     labels = np.full(ids.shape, -100, dtype=np.int64)
     n = ids.shape[1]
     lb, le = len(start_seq), len(end_seq)
-    pat_start = np.asarray(start_seq, dtype=np.int64).tobytes()
+    last = set(start_last) | {start_seq[-1]} if start_last and lb > 1 else None
+    pat_start = np.asarray(start_seq if last is None else start_seq[:-1], dtype=np.int64).tobytes()
     pat_end = np.asarray(end_seq, dtype=np.int64).tobytes()
     for r in range(ids.shape[0]):
         row = ids[r].tobytes()
         s_pos = _occurrences(row, pat_start, 8)
+        if last is not None:  # the prefix found; its last token must be one of ``last``
+            s_pos = [p for p in s_pos if p + lb <= n and int(ids[r, p + lb - 1]) in last]
         if not s_pos:
             continue
         e_pos = _occurrences(row, pat_end, 8)

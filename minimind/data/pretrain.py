@@ -5,7 +5,9 @@ right-padded with the pad id; labels are the ids with every pad-id position set 
 ``add_bos_eos=False`` is MiniMind2's form (c090b69): ``tokens(text)[:max_length]``, the texts
 carrying their own specials. In both, as upstream, a real ``<|endoftext|>`` written in a text
 has the pad id and so gets -100 too. :func:`validate_pretrain` checks every line while the
-file is indexed.
+file is indexed. An empty (or whitespace-only) text is a valid sample, as upstream's, but it
+teaches nothing: such samples are counted (``empty_texts`` in the stats, ``data_empty_texts``
+in summary.json).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from minimind.data.base import JsonlDataset, json_kind, parse_line
-from minimind.data.tokens import FLAG_TRUNCATED
+from minimind.data.tokens import FLAG_EMPTY_TEXT, FLAG_TRUNCATED
 
 
 def validate_pretrain(line: bytes) -> str | None:
@@ -43,6 +45,7 @@ class PretrainDataset(JsonlDataset):
     """
 
     _validator = staticmethod(validate_pretrain)
+    _counts_empty = True
 
     def __init__(self, path, tokenizer=None, max_length: int = 512, add_bos_eos: bool = True,
                  on_bad_line: str = "error", cache_dir=None, pretokenize: bool = False):
@@ -50,7 +53,7 @@ class PretrainDataset(JsonlDataset):
         super().__init__(path, tokenizer, max_length, on_bad_line, cache_dir, pretokenize)
 
     def _cache_params(self) -> str:
-        return f"add_bos_eos={self.add_bos_eos}"
+        return f"add_bos_eos={self.add_bos_eos},empty-flag"  # caches without FLAG_EMPTY_TEXT are rebuilt
 
     @property
     def _limit(self) -> int:
@@ -74,9 +77,10 @@ class PretrainDataset(JsonlDataset):
 
     def _tokenize_for_cache(self, indices: range) -> list[tuple[list[int], int]]:
         out = []
-        for tokens in self._encode_texts([self._obj(i)["text"] for i in indices]):
+        texts = [self._obj(i)["text"] for i in indices]
+        for text, tokens in zip(texts, self._encode_texts(texts)):
             ids, truncated = self._finish(tokens)
-            out.append((ids, FLAG_TRUNCATED if truncated else 0))
+            out.append((ids, (FLAG_TRUNCATED if truncated else 0) | (0 if text.strip() else FLAG_EMPTY_TEXT)))
         return out
 
     def _batch(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,10 +88,13 @@ class PretrainDataset(JsonlDataset):
             got = [self._tokens.get(i) for i in indices]
             rows = [ids for ids, _ in got]
             truncated = sum(1 for _, flags in got if flags & FLAG_TRUNCATED)
+            empty = sum(1 for _, flags in got if flags & FLAG_EMPTY_TEXT)
         else:
-            done = [self._finish(t) for t in self._encode_texts([self._obj(i)["text"] for i in indices])]
+            texts = [self._obj(i)["text"] for i in indices]
+            done = [self._finish(t) for t in self._encode_texts(texts)]
             rows = [ids for ids, _ in done]
             truncated = sum(t for _, t in done)
-        self._count(truncated, len(indices))
+            empty = sum(1 for t in texts if not t.strip())
+        self._count(truncated, len(indices), empty)
         ids = self._pad_rows(rows)
         return ids, np.where(ids == self.tokenizer.pad_token_id, -100, ids)

@@ -18,10 +18,13 @@ import numpy as np
 
 from minimind.data.base import JsonlDataset, json_kind, parse_line
 from minimind.data.errors import DataError, bad_line_message
-from minimind.data.labels import assistant_label_rows
+from minimind.data.labels import assistant_label_rows, newline_tokens
 from minimind.data.tokens import FLAG_EMPTY_THINK, FLAG_SYSTEM_OK, FLAG_TRUNCATED
 
 EMPTY_THINK = "<think>\n\n</think>\n\n"
+# The roles MiniMind's chat templates (MiniMind2, MiniMind-3) render; a turn with another role
+# would vanish from the rendered text without a word.
+ROLES = ("system", "user", "assistant", "tool")
 # Our own short list (upstream picks from ten similar prompts, Chinese and English).
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
@@ -69,6 +72,9 @@ def validate_sft(line: bytes) -> str | None:
         role = msg.get("role")
         if not isinstance(role, str):
             return f'{where} has no "role" string; expected "system", "user", "assistant" or "tool"'
+        if role not in ROLES:
+            return (f"{where} has the role {role!r}, which the chat template does not render (the turn "
+                    f"would be dropped from the text); valid roles: {', '.join(ROLES)}")
         content = msg.get("content")
         if content is None and not (role == "assistant" and msg.get("tool_calls")):
             return f'{where} ({role}) has no "content"; expected a string'
@@ -87,7 +93,7 @@ def validate_sft(line: bytes) -> str | None:
     return None
 
 
-validate_sft.cache_key = "sft-conversations-v1"
+validate_sft.cache_key = "sft-conversations-v2"  # v2: unknown roles are bad lines
 
 
 class SFTDataset(JsonlDataset):
@@ -120,6 +126,10 @@ class SFTDataset(JsonlDataset):
         # without special tokens added.
         self.assistant_start = tok.encode(f"{tok.bos_token}assistant\n")
         self.assistant_end = tok.encode(f"{tok.eos_token}\n")
+        # MiniMind2's tokenizer merges that newline with a reply's leading spaces or tabs; its
+        # dataset labels such a reply after the merged token (minimind/data/labels.py).
+        head = tok.encode(f"{tok.bos_token}assistant")
+        self.assistant_newlines = (newline_tokens(tok) if self.assistant_start[:-1] == head else None)
 
     def _cache_params(self) -> str:
         return "sft"
@@ -215,5 +225,5 @@ class SFTDataset(JsonlDataset):
             truncated += cut
         self._count(truncated, len(indices))
         ids = self._pad_rows(rows)
-        return ids, assistant_label_rows(ids, self.assistant_start, self.assistant_end)
+        return ids, assistant_label_rows(ids, self.assistant_start, self.assistant_end, self.assistant_newlines)
 

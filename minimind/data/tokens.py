@@ -8,6 +8,10 @@ at the end), the tokens of all samples back to back (uint16, or uint32 for vocab
 (``FLAG_*``), which tells the SFT dataset without re-reading the line whether an augmentation
 would change the sample. The key is the dataset's hash of everything the tokens depend on
 (file version, tokenizer, max_length, the dataset's options); another key is another file.
+
+A cache is verified before it is used (:meth:`TokenCache._problem`): its exact size, the shape
+of its offsets, and a checksum of the offsets, the flags and the first and last 64 KiB of the
+tokens; a damaged one is rebuilt with a warning naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from minimind.data import verify
 from minimind.data.cachefile import (
     DataFileLock,
     cache_candidates,
@@ -30,10 +35,13 @@ from minimind.data.cachefile import (
 from minimind.data.errors import DataError
 
 # Flags stored per sample: the stored ids were cut to max_length; (SFT) the rendered text has
-# an empty think block; (SFT) a system prompt may be added to the conversation.
-FLAG_TRUNCATED, FLAG_EMPTY_THINK, FLAG_SYSTEM_OK = 1, 2, 4
+# an empty think block; (SFT) a system prompt may be added to the conversation; (pretrain) the
+# text is empty or whitespace.
+FLAG_TRUNCATED, FLAG_EMPTY_THINK, FLAG_SYSTEM_OK, FLAG_EMPTY_TEXT = 1, 2, 4, 8
 _TOKEN_HEADER_BYTES = 4096
 _STEP = 1024  # samples per tokenizer call while building
+_EDGE = 64 * 1024  # bytes of the tokens at each end that the checksum covers
+_TOKEN_VERSION = 2  # 2: the header holds a checksum
 
 # (ids as stored, flags) of each index of a range: one batched encode per call.
 Tokenize = Callable[[range], list]
@@ -84,11 +92,11 @@ class TokenCache:
         covers, built through ``tokenize`` if no candidate place holds it; DataError if none
         can take it."""
         candidates = cache_candidates(index.path, cache_dir, suffix=f".tok-{key[:16]}.idx")
-        cache = cls._open(candidates, key)
+        cache = cls._open(candidates, key, len(index))
         if cache is not None:
             return cache
         with DataFileLock(index.path):
-            cache = cls._open(candidates, key)  # another process may have built it meanwhile
+            cache = cls._open(candidates, key, len(index))  # another process may have built it meanwhile
             if cache is not None:
                 return cache
             write = cls._writer(index, key, vocab_size, tokenize)
@@ -97,17 +105,38 @@ class TokenCache:
             dirs = ", ".join(os.path.dirname(c) for c in candidates)
             raise DataError(f"pretokenize=True: cannot write a token cache for {index.path} to any of "
                             f"{dirs}; set cache_dir to a writable directory")
-        return cls._open([where], key)
+        return cls._open([where], key, len(index))
 
     @classmethod
-    def _open(cls, candidates: list[str], key: str) -> "TokenCache | None":
+    def _open(cls, candidates: list[str], key: str, n: int | None = None) -> "TokenCache | None":
         for cand in candidates:
             got = read_header(cand)
             if got and got[0].get("kind") == "tokens" and got[0].get("key") == key:
                 try:
-                    return cls(cand, got[0])
-                except (OSError, ValueError):
-                    continue
+                    cache = cls(cand, got[0])
+                    problem = cache._problem(n)
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    problem = f"it cannot be read: {e}"
+                if problem is None:
+                    return cache
+                log.warning("token cache %s is damaged (%s); rebuilding it", cand, problem)
+        return None
+
+    def _problem(self, n: int | None) -> str | None:
+        """Why this cache cannot be trusted, or None."""
+        h = self.header
+        if h.get("version") != _TOKEN_VERSION:
+            return f"format version {h.get('version')}, expected {_TOKEN_VERSION}"
+        size, want = os.path.getsize(self.path), h["flags_at"] + h["n"]
+        if size != want:
+            return f"{size} bytes, expected {want}"
+        if n is not None and h["n"] != n:
+            return f"{h['n']} samples, the data file has {n}"
+        off = self.offsets
+        if off[0] != 0 or off[-1] != h["total"] or not np.all(off[1:] >= off[:-1]):
+            return "its sample offsets are out of order"
+        if _checksum(self.offsets, self.flags, self.tokens) != h.get("checksum"):
+            return "its checksum does not match"
         return None
 
     @staticmethod
@@ -119,8 +148,10 @@ class TokenCache:
         dtype = np.uint16 if vocab_size <= 65536 else np.uint32
         offsets = np.zeros(n + 1, dtype=np.int64)
         flags = np.zeros(n, dtype=np.uint8)
+        head, tail = b"", b""  # the first and last _EDGE bytes of the tokens, for the checksum
 
         def write(f):
+            nonlocal head, tail
             f.write(b"\0" * _TOKEN_HEADER_BYTES)
             total = 0
             big, bar_on = progress_mode(size)
@@ -137,7 +168,11 @@ class TokenCache:
                         total += len(ids)
                         offsets[i + 1] = total
                         batch.append(np.asarray(ids, dtype=dtype))
-                    f.write(np.concatenate(batch).tobytes())
+                    chunk = np.concatenate(batch).tobytes()
+                    f.write(chunk)
+                    if len(head) < _EDGE:
+                        head += chunk[:_EDGE - len(head)]
+                    tail = (tail + chunk)[-_EDGE:]
                     bar.update(min(_STEP, n - lo))
             pos = _TOKEN_HEADER_BYTES + total * np.dtype(dtype).itemsize
             pad = -pos % 64
@@ -150,8 +185,17 @@ class TokenCache:
                 dt = time.perf_counter() - t0
                 log.info("pretokenize: %s tokenized in %.1f s (%.1f MB/s, %d tokens)", path, dt,
                          size / 2**20 / max(dt, 1e-9), total)
-            header = {"version": 1, "kind": "tokens", "key": key, "n": n, "total": total,
-                      "dtype": np.dtype(dtype).name, "offsets_at": offsets_at, "flags_at": flags_at}
+            header = {"version": _TOKEN_VERSION, "kind": "tokens", "key": key, "n": n, "total": total,
+                      "dtype": np.dtype(dtype).name, "offsets_at": offsets_at, "flags_at": flags_at,
+                      "checksum": verify.checksum([offsets, flags, np.frombuffer(head, dtype=np.uint8),
+                                                  np.frombuffer(tail, dtype=np.uint8)])}
             write_header_at_start(f, header, _TOKEN_HEADER_BYTES)
 
         return write
+
+
+def _checksum(offsets: np.ndarray, flags: np.ndarray, tokens: np.ndarray) -> str:
+    """CRC of the offsets, the flags and the first and last _EDGE bytes of the tokens (all of
+    them would cost a read of the whole cache at every start)."""
+    raw = tokens.view(np.uint8) if tokens.size else np.zeros(0, dtype=np.uint8)
+    return verify.checksum([offsets, flags, raw[:_EDGE], raw[-_EDGE:] if raw.size else raw])
