@@ -38,14 +38,19 @@ def main(cfg: DictConfig) -> float:
 
 
 def _refuse_bad_overrides() -> None:
-    """Misspelt keys, wrong types, unknown group options: one line, before Hydra starts."""
+    """Misspelt keys, wrong types, unknown group options, values ``--cfg`` would show but a run
+    refuses, a run folder a live run holds: one line, before Hydra starts."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return  # Hydra's own, complete report
     from pathlib import Path
 
-    from minimind.overrides import check_overrides
+    from minimind.env import rank
+    from minimind.overrides import check_composed, check_overrides
+    from minimind.runlock import busy_message_from_argv
 
-    problem = check_overrides(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    conf, args = Path(__file__).resolve().parent / "conf", sys.argv[1:]
+    problem = (check_overrides(args, conf) or check_composed(args, conf)
+               or (busy_message_from_argv(args) if rank() == 0 else None))
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -91,11 +92,18 @@ def load_file(path: os.PathLike) -> Dict[str, Any]:
 
 
 class CheckpointManager:
-    """The ``checkpoints/`` folder of a run: save, list, load newest good, keep the last N."""
+    """The ``checkpoints/`` folder of a run: save, list, load newest good, keep the last N.
+
+    Pruning deletes only what is older than the newest ``keep_last`` checkpoints *known to
+    load* (written by this process, or loaded by it), so files that do not load never count
+    as kept. A resume from an older checkpoint sets the newer ones (another line of the run)
+    aside in ``checkpoints/abandoned/<time>/`` instead of deleting or overwriting them.
+    """
 
     def __init__(self, directory: os.PathLike, keep_last: int = 2):
         self.directory = Path(directory)
         self.keep_last = keep_last
+        self.good: set = set()  # paths known to load
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"step_{step:08d}.pt"
@@ -108,13 +116,20 @@ class CheckpointManager:
         state = dict(state, format=FORMAT)
         path = self.path_for(step)
         atomic_torch_save(state, path)
+        self.good.add(path)
         self.prune()
         return path
 
     def prune(self) -> None:
-        for old in self.list()[self.keep_last:]:
+        found = self.list()
+        kept = [p for p in found if p in self.good][:self.keep_last]
+        if len(kept) < self.keep_last:
+            return  # fewer loadable ones than keep_last: delete nothing
+        oldest_kept = found.index(kept[-1])
+        for old in found[oldest_kept + 1:]:
             try:
                 old.unlink()
+                self.good.discard(old)
             except OSError as e:
                 log.warning("could not remove old checkpoint %s: %s", old, e)
 
@@ -122,10 +137,40 @@ class CheckpointManager:
         """The newest checkpoint that loads; unloadable ones are reported and skipped."""
         for path in self.list():
             try:
-                return path, load_file(path)
+                found = path, load_file(path)
+                self.good.add(path)
+                return found
             except CheckpointError as e:
                 log.warning("%s; trying the next older checkpoint", e)
         return None
+
+    def set_aside(self, resumed_from: os.PathLike) -> List[Path]:
+        """After a resume from ``resumed_from``: move every checkpoint that is not on its line
+        (the newer ones of this folder; all of them when it lies elsewhere) to
+        ``checkpoints/abandoned/<time>-from-<name>/``, so that ``loop.resume=auto`` continues
+        this line and pruning never mixes two lines. Returns the new paths."""
+        src = Path(resumed_from).resolve()
+        here = src.parent == self.directory.resolve()
+        step = _step_of(src) if here else -1
+        if here:
+            self.good.add(self.directory / src.name)  # it loaded: it counts as kept
+        off_line = [p for p in self.list() if p.resolve() != src and (not here or _step_of(p) > step)]
+        if not off_line:
+            return []
+        target = self.directory / "abandoned" / f"{time.strftime('%Y%m%d-%H%M%S')}-from-{src.stem}"
+        target.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for p in sorted(off_line, key=_step_of):
+            dest = target / p.name
+            os.replace(p, dest)
+            self.good.discard(p)
+            moved.append(dest)
+        return moved
+
+
+def _step_of(path: Path) -> int:
+    digits = path.stem.rpartition("_")[2]
+    return int(digits) if digits.isdigit() else -1
 
 
 # --------------------------------------------------------------------------- resuming
@@ -165,11 +210,52 @@ def restore_rng(state: Dict[str, Any], rank: int, world_size: int, batch_size: i
     return same
 
 
+def param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> List[List[str]]:
+    """The names of each optimizer group's parameters, in order: saved with the optimizer state
+    so that it can be mapped onto another grouping (``optim.decay_all_params`` changed)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names.get(id(p), "?") for p in g["params"]] for g in optimizer.param_groups]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: Dict[str, Any], path: os.PathLike,
+                   model: torch.nn.Module) -> None:
+    """The saved per-parameter state (Adam's moments, step counts) into ``optimizer``.
+
+    The groups' settings (weight decay, betas, eps) stay this run's: they are the config's,
+    which the resume check compared. Saved under another grouping, the state is mapped by
+    parameter name when the checkpoint has the names, else refused in one line."""
+    sd = state["optimizer"]
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    saved_names = state.get("optimizer_params")
+    now_names = param_names(model, optimizer)
+    if saved_names and saved_names != now_names:  # another grouping: map the state by name
+        saved_order = [n for group in saved_names for n in group]
+        by_name = {saved_order[int(i)]: st for i, st in sd.get("state", {}).items() if int(i) < len(saved_order)}
+        groups, state, i = [], {}, 0
+        for names, kept in zip(now_names, settings):
+            groups.append(dict(kept, params=list(range(i, i + len(names)))))
+            state.update({i + k: by_name[n] for k, n in enumerate(names) if n in by_name})
+            i += len(names)
+        sd = {"state": state, "param_groups": groups}
+    try:
+        optimizer.load_state_dict(sd)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path}: its optimizer state does not fit this run's optimizer ({e}); "
+            "was optim.decay_all_params or the set of trained parameters changed?") from None
+    for group, kept in zip(optimizer.param_groups, settings):
+        group.update(kept)
+
+
 def restore(state: Dict[str, Any], path: os.PathLike, *, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, scaler, progress, metrics, dist, batch_size: int) -> None:
-    """Put a checkpoint's state back into the run's parts, and say where the run continues."""
+            optimizer: torch.optim.Optimizer, scaler, progress, metrics, dist, batch_size: int,
+            check=None) -> None:
+    """Put a checkpoint's state back into the run's parts, and say where the run continues.
+    ``check(state)`` runs once the model weights fit, before anything else is restored."""
     load_model(model, path, state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if check is not None:
+        check(state)
+    load_optimizer(optimizer, state, path, model)
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     progress.load_state_dict(state)

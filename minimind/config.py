@@ -64,6 +64,11 @@ class OnNan(Choice):
     skip = "skip"
 
 
+class ResumeChanges(Choice):
+    refuse = "refuse"
+    allow = "allow"
+
+
 class WandbMode(Choice):
     offline = "offline"
     online = "online"
@@ -191,6 +196,9 @@ class LoopConfig:
     resume: str = knob("auto", "auto: continue from the newest good checkpoint in the run dir | never: "
                                "refuse a used run dir | the path of a checkpoint (ours or upstream's "
                                "*_resume.pth)")
+    resume_changes: ResumeChanges = knob(
+        ResumeChanges.refuse, "refuse: a checkpoint of another run (lr, seed, data file, model, run length "
+                              "... differ) is not continued | allow: continue anyway, the changes logged")
     compile: bool = knob(False, "torch.compile the model (the first compile takes a while)")
     compile_backend: str = knob("inductor", "torch.compile backend; aot_eager / eager to debug compile issues")
     empty_cache: bool = knob(False, "torch.cuda.empty_cache() after every step (upstream does; it is slow)")
@@ -315,6 +323,9 @@ def validate(cfg: DictConfig) -> None:
            "valid: auto, cpu, cuda, cuda:N")
     _refuse_second_copies(cfg)
     m = cfg.model
+    _check(d.max_length <= m.max_position_embeddings, "data.max_length", d.max_length,
+           f"longer than model.max_position_embeddings={m.max_position_embeddings} (the RoPE table); use "
+           f"at most {m.max_position_embeddings}, or raise model.max_position_embeddings")
     fields = {k: m[k] for k in m if k not in ("_target_", "from_weight")}
     try:
         MiniMindConfig(**fields).validate()

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from minimind import checkpoint as ckpt
-from minimind import env
+from minimind import env, resume, run_identity
 from minimind.errors import CheckpointError, TrainingError
 from minimind.metrics import StepMetrics, StepResult
 from minimind.objectives import to_device
@@ -129,19 +129,21 @@ class Trainer:
                  resume: str, compile: bool, compile_backend: str, empty_cache: bool, on_nan: str,
                  max_nan_skips: int, progress: Optional[bool],
                  model: torch.nn.Module, objective, optimization, precision, batches, dist, tracker,
-                 run_dir: str, config: Optional[dict] = None):
+                 run_dir: str, config: Optional[dict] = None, resume_changes: str = "refuse"):
         self.epochs, self.max_steps = epochs, max_steps
         self.log_interval, self.save_interval = log_interval, save_interval
         self.run_dir = Path(run_dir)
         self.save_dir = Path(save_dir) if save_dir else self.run_dir
         self.save_weight, self.weights_format = save_weight, str(weights_format)
-        self.resume_spec = str(resume)
+        self.resume_spec, self.resume_changes = str(resume), str(resume_changes)
         self.on_nan, self.max_nan_skips, self.show_progress = str(on_nan), max_nan_skips, progress
         self.optimization, self.precision, self.batches = optimization, precision, batches
         self.dist, self.tracker, self.config = dist, tracker, config or {}
         self.optimizer, self.scaler, self.device = optimization.optimizer, precision.scaler, dist.device
         self.accum = optimization.accumulation_steps
         self.raw_model = model
+        self.identity = run_identity.describe(self.config, batches.dataset, batches.batch_size, self.accum,
+                                              dist.world_size)  # what a resume must continue
         self.update = UpdateStep(model, objective=objective, optimization=optimization, precision=precision,
                                  dist=dist, on_nan=self.on_nan, empty_cache=empty_cache, compile=compile,
                                  compile_backend=compile_backend)
@@ -238,7 +240,8 @@ class Trainer:
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), **self.progress.state_dict(), **self.metrics.state_dict(),
                 "world_size": self.dist.world_size, "batch_size": self.batches.batch_size,
-                "accumulation_steps": self.accum, "config": self.config}
+                "accumulation_steps": self.accum, "config": self.config, "run": self.identity,
+                "optimizer_params": ckpt.param_names(self.raw_model, self.optimizer)}
 
     def save(self, reason: str = "interval") -> None:
         """Checkpoint + inference weights, written by rank 0 with every rank's RNG state."""
@@ -273,23 +276,8 @@ class Trainer:
                          fmt=fmt)
 
     def restore(self) -> None:
-        """Continue from a checkpoint, as ``loop.resume`` says (auto | never | PATH)."""
-        found = ckpt.find_resume_state(self.resume_spec, self.checkpoints)
-        if found is None:
-            return
-        path, state = found
-        if ckpt.is_upstream_resume(state):
-            state = ckpt.from_upstream(path, state, self.raw_model, self.optimizer, self.batches, self.accum,
-                                       self.dist.world_size)
-        ckpt.restore(state, path, model=self.raw_model, optimizer=self.optimizer, scaler=self.scaler,
-                     progress=self.progress, metrics=self.metrics, dist=self.dist,
-                     batch_size=self.batches.batch_size)
-        self.last_saved_step = self.progress.step
-        self.resumed_from = str(path)
-        p = self.progress
-        self.tracker.event("resume", path=str(path), step=p.step, epoch=p.epoch, samples_in_epoch=p.samples_in_epoch,
-                           world_size=self.dist.world_size, saved_world_size=int(state["world_size"]),
-                           **({"upstream": True} if state.get("upstream") else {}))
+        """Continue from a checkpoint, as ``loop.resume`` says (auto | never | PATH): see minimind/resume.py."""
+        resume.restore(self)
 
     # ================================================================== the run
 

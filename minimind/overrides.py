@@ -8,8 +8,14 @@ line that names the key, the value and the valid choices:
     Error: optim.lr='abc' is invalid: expected a float
     Error: precision=fp8 is not an option of group precision; valid: bf16, fp16, fp32
 
-Anything it cannot judge (``+key``, ``~key``, ``hydra.*``, interpolations, free-form nodes
-such as ``optim.optimizer.*``) is left to Hydra. No torch import.
+A ``+key=`` / ``++key=`` under a node the schema types (``+optim.gradclip=0.01``) would add a
+key that nothing reads, so it is refused like any unknown key; ``+`` stays open where it is
+legitimate: under free-form nodes (``optim.optimizer.*``, ``optim.schedule.*``,
+``data.dataset.*``, ``precision.scaler.*``), Hydra's own tree (``hydra.*``), and groups
+appended to the defaults (``+experiment=...``).
+
+Anything it cannot judge (``~key``, ``hydra.*``, interpolations, free-form nodes) is left to
+Hydra. No torch import.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import difflib
 from enum import Enum
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -87,6 +93,24 @@ def _unknown_key(schema: DictConfig, key: str) -> str:
     return f"unknown config key {key!r}{hint}; valid keys{' in ' + where if where else ''}: {', '.join(valid)}"
 
 
+def _key_status(schema: DictConfig, key: str) -> str:
+    """``known`` (the schema has it), ``free`` (under a node the schema leaves open, type
+    ``Any``: any key is the user's to add) or ``unknown``."""
+    node = schema
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            meta = getattr(node, "_metadata", None)
+            return "free" if meta is not None and meta.ref_type is Any else "unknown"
+        try:
+            child = node._get_node(part)  # noqa: SLF001 - the node itself, even if its value is missing
+        except (ConfigKeyError, ConfigAttributeError):
+            child = None
+        if child is None:
+            return "unknown"
+        node = child
+    return "known"
+
+
 def check_overrides(args: List[str], conf_dir: Path) -> Optional[str]:
     """The first problem found in ``args`` (Hydra's command line), as one line; None if fine."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -108,7 +132,14 @@ def check_overrides(args: List[str], conf_dir: Path) -> Optional[str]:
         owner = SET_ELSEWHERE.get(node_key, {}).get(leaf)
         if owner and o.type != OverrideType.DEL:
             return f"{key} is set, but {owner} sets it: use {owner} (one place for each setting)"
-        if o.type != OverrideType.CHANGE or key.startswith("hydra") or o.package:
+        adding = o.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+        if adding and not (key.startswith("hydra") or o.package or "/" in key or (conf_dir / key).is_dir()):
+            status = _key_status(schema, key)
+            if status == "unknown":  # a key nothing reads: the run would silently ignore it
+                return _unknown_key(schema, key)
+            if status == "free":
+                continue
+        elif o.type != OverrideType.CHANGE or key.startswith("hydra") or o.package:
             continue
         if "/" not in key and key in GROUPS:
             valid = _group_options(conf_dir, key)
@@ -130,4 +161,35 @@ def check_overrides(args: List[str], conf_dir: Path) -> Optional[str]:
                 return f"{key}={v!r} is invalid: expected {_expected(schema, key)}"
             except OmegaConfBaseException:
                 continue  # let Hydra judge
+    return None
+
+
+def check_composed(args: List[str], conf_dir: Path) -> Optional[str]:
+    """``launch.py --cfg job|hydra|all ...``: the value checks a run makes
+    (:func:`minimind.config.validate`) on the composed config, so that what ``--cfg`` shows is
+    a config that would run. None when fine, when it is not a ``--cfg`` call, or when the
+    config does not compose (Hydra's own ``--cfg`` output then says why)."""
+    if not any(a in ("--cfg", "-c") for a in args) or any(a in ("-m", "--multirun") for a in args):
+        return None
+    from hydra import compose, initialize_config_dir
+
+    from minimind.config import validate
+    from minimind.errors import ConfigError
+
+    name = "config"
+    for flag in ("--config-name", "-cn"):
+        if flag in args[:-1]:
+            name = args[args.index(flag) + 1]
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=overrides)
+    except Exception:  # noqa: BLE001 - Hydra reports it itself
+        return None
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - e.g. an interpolation only a job can resolve
+        return None
     return None

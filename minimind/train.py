@@ -11,11 +11,13 @@
     trainer    = instantiate(cfg.loop, parts...)           owns the step; resumes if it can
     return trainer.fit()                                   final loss, for sweepers
 
-The tracker is closed and the process group destroyed on every exit path.
+The tracker is closed and the process group destroyed on every exit path. Rank 0 holds the
+run folder's lock (:mod:`minimind.runlock`) for the whole job: one process per run folder.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from minimind import env
 from minimind.config import to_plain, validate
-from minimind.errors import ConfigError, UserError
+from minimind.errors import ConfigError, UserError, unwrap_worker_error
 from minimind.files import refuse_used_run_dir
+from minimind.runlock import RunLock
 
 log = logging.getLogger("minimind")
 
@@ -199,6 +202,10 @@ def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             _write_summary(run_dir, cfg, summary, trainer.tracker, trainer.raw_model)
         failed = False
         return summary
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a checkpoint
+        if trainer.dist.is_main:
+            _record_interrupt(trainer)
+        raise
     finally:
         trainer.tracker.close(failed=failed)
         trainer.dist.destroy()
@@ -242,6 +249,22 @@ def _write_summary(run_dir: Path, cfg: DictConfig, summary: Dict[str, Any], trac
     tracker.summary(data)
 
 
+def _record_interrupt(trainer) -> None:
+    """events.jsonl and summary.json say ``interrupted`` (not still running), with the step and
+    the checkpoint a rerun continues from."""
+    try:
+        p, saved = trainer.progress, trainer.checkpoints.list()
+        last = str(saved[0]) if saved else None
+        trainer.tracker.event("interrupted", step=p.step, checkpoint=None, last_checkpoint=last,
+                              reason="a second Ctrl-C: stopped at once, no checkpoint of this step")
+        trainer.tracker.summary({
+            "status": "interrupted", "optimizer_steps": p.step, "final_loss": p.final_loss,
+            "best_loss": p.best_loss, "tokens": p.tokens, "resumed_from": trainer.resumed_from,
+            "last_checkpoint": last, "overrides": overrides_of(), "run_dir": str(trainer.run_dir)})
+    except Exception as e:  # noqa: BLE001 - never hide the interrupt
+        log.debug("could not record the interrupt: %s", e)
+
+
 def _record_failure(run_dir: Path, error: BaseException) -> None:
     """The report shows a failed job with the last line of its error: keep it in the run dir."""
     if env.rank() != 0:
@@ -272,12 +295,18 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
 def run(cfg: DictConfig) -> float:
     """The task function's body (tests call this): train and return the final loss."""
     run_dir = run_dir_of()
+    lock = RunLock(run_dir) if env.rank() == 0 else None
+    if lock is not None:
+        lock.acquire()  # RunDirBusy: the live run's records are not this process's to write
     try:
         summary = build_and_fit(cfg, run_dir)
     except BaseException as e:
         if not isinstance(e, (SystemExit, KeyboardInterrupt)):
             _record_failure(run_dir, find_user_error(e) or e)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     return summary["final_loss"]
 
 
@@ -290,11 +319,17 @@ def run_cli(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg)
+    except KeyboardInterrupt:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
+            raise
+        print("Interrupted: stopped at once (a second Ctrl-C); the last checkpoint is kept, run the same "
+              "command again to continue from it", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         user_error = find_user_error(e)
-        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
             raise
         print(f"Error: {user_error}", file=sys.stderr)
@@ -303,10 +338,15 @@ def run_cli(cfg: DictConfig) -> Optional[float]:
 
 def find_user_error(error: BaseException) -> Optional[BaseException]:
     """The user error behind ``error``: Hydra wraps what a ``_target_`` raises in an
-    InstantiationException, so follow ``__cause__`` down the chain."""
-    seen = 0
+    InstantiationException, so follow ``__cause__`` down the chain. One raised in a DataLoader
+    worker comes back with the message it has in the main process; a full disk met outside a
+    checkpoint write (a log line, the summary) becomes one too."""
+    seen, first = 0, error
     while error is not None and seen < 10:
         if isinstance(error, UserError):  # DataError and WeightsError are UserErrors too
-            return error
+            return unwrap_worker_error(error)
         error, seen = error.__cause__, seen + 1
+    if isinstance(first, OSError) and first.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"could not write {first.filename or 'a file'} ({first.strerror}); the checkpoints "
+                         "already written are intact: free space, then run the same command again to resume")
     return None

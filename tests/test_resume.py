@@ -276,7 +276,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     first = torch.load(run / "checkpoints" / "step_00000003.pt", weights_only=True)["wandb_id"]
     assert first
-    r = run_launch(base + ["loop.max_steps=6"], cwd=tmp_path)  # continues: resume=auto
+    # continues (resume=auto) a longer run: a change of the run, allowed explicitly
+    r = run_launch(base + ["loop.max_steps=6", "loop.resume_changes=allow"], cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(name.endswith(f"-{first}") for name in runs)
