@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from minimind import checkpoint as ckpt
-from minimind import env, resume, run_identity
+from minimind import env, resume, run_identity, runlock
 from minimind.errors import CheckpointError, TrainingError
 from minimind.metrics import StepMetrics, StepResult
 from minimind.objectives import to_device
@@ -142,8 +142,8 @@ class Trainer:
         self.optimizer, self.scaler, self.device = optimization.optimizer, precision.scaler, dist.device
         self.accum = optimization.accumulation_steps
         self.raw_model = model
-        self.identity = run_identity.describe(self.config, batches.dataset, batches.batch_size, self.accum,
-                                              dist.world_size)  # what a resume must continue
+        self.identity = run_identity.describe(self.config, getattr(batches, "dataset", None), batches.batch_size,
+                                              self.accum, dist.world_size)  # what a resume must continue
         self.update = UpdateStep(model, objective=objective, optimization=optimization, precision=precision,
                                  dist=dist, on_nan=self.on_nan, empty_cache=empty_cache, compile=compile,
                                  compile_backend=compile_backend)
@@ -356,6 +356,7 @@ class Trainer:
                 # submitit: hand the signal to its handler (it requeues the job and exits);
                 # for SIGTERM (requeue or cancel by SLURM) leave without a result, SLURM decides
                 self.tracker.close()
+                runlock.release_all()  # saved and closed: the requeued job may take the folder
                 self.stop.forward_to_previous()
                 sys.exit(0)
         return float(p.final_loss) if p.final_loss is not None else math.nan

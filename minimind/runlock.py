@@ -38,20 +38,27 @@ from minimind.errors import UserError
 log = logging.getLogger("minimind")
 
 LOCK_NAME = ".minimind.lock"
-_HELD: set = set()  # files of the locks this process holds
+_HELD: set = set()  # the RunLocks this process holds
 
 
 def _close_in_child() -> None:
     """After a fork, in the child: point its copy of each lock file's descriptor at /dev/null
     (dup2 closes the copy, so only the parent holds the lock; the file object stays valid)."""
-    for f in list(_HELD):
+    for lock in list(_HELD):
         try:
             null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, f.fileno())
+            os.dup2(null, lock._f.fileno())
             os.close(null)
-        except OSError:
+        except (OSError, AttributeError):
             pass
+        lock._f = None  # the child holds nothing to release
     _HELD.clear()
+
+
+def release_all() -> None:
+    """Let go of every run folder this process holds (before it hands itself to a requeue)."""
+    for lock in list(_HELD):
+        lock.release()
 
 
 if hasattr(os, "register_at_fork"):
@@ -135,12 +142,12 @@ class RunLock:
         f.write(json.dumps(info) + "\n")
         f.flush()
         self._f = f
-        _HELD.add(f)
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
+        _HELD.discard(self)
         if self._f is not None:
-            _HELD.discard(self._f)
             self._f.close()  # closing the file drops the flock
             self._f = None
 

@@ -61,6 +61,29 @@ def test_the_run_lock_is_exclusive_and_names_its_holder(tmp_path):
         pass
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A DataLoader worker forked from the holder must not hold the lock once the holder lets go
+    (or dies): the next run would be refused for seconds."""
+    from minimind.runlock import RunLock
+
+    lock = RunLock(tmp_path).acquire()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child (its at-fork hooks have run): outlives the holder's lock, then leaves
+        os.write(ready_w, b"x")
+        time.sleep(3)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        lock.release()
+        with RunLock(tmp_path):  # would raise RunDirBusy if the child had inherited the lock
+            pass
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 @pytest.mark.slow
 def test_a_second_launch_on_a_live_run_folder_is_refused(tmp_path):
     run = tmp_path / "outputs" / "live"
