@@ -378,8 +378,8 @@ class Trainer:
         self.tracker.event(status, step=p.step, final_loss=p.final_loss)
         self.truncation.report()
         if status == "interrupted":
-            log.info("stopped at step %d after a signal; the checkpoint is saved; %s", p.step,
-                     continue_hint(self.run_dir))
+            log.info("stopped at step %d after a signal; the checkpoint is saved", p.step)
+            log.info("%s", continue_hint(self.run_dir))
             if env.in_submitit_job():
                 # submitit: hand the signal to its handler (it requeues the job and exits);
                 # for SIGTERM (requeue or cancel by SLURM) leave without a result, SLURM decides

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,13 @@ _fmt_duration = fmt_duration  # the old name
 
 def _rate(v: float) -> str:
     return f"{v:.0f}" if v < 100_000 else f"{v / 1000:.0f}k"
+
+
+def _norm(v: float) -> str:
+    """Five characters below 1000: 1.333, 12.35, 123.5."""
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.{3 if abs(v) < 10 else 2 if abs(v) < 100 else 1 if abs(v) < 1000 else 0}f}"
 
 
 def console_line(m: Dict[str, Any]) -> str:
@@ -39,7 +47,7 @@ def console_line(m: Dict[str, Any]) -> str:
     ]
     if m.get("aux_loss"):
         parts.append(f"aux:{m['aux_loss']:.4f}")
-    parts += [f"lr:{m['lr']:.2e}", f"grad_norm:{m['grad_norm']:.4g}"]
+    parts += [f"lr:{m['lr']:.2e}", f"grad_norm:{_norm(m['grad_norm'])}"]
     if m.get("scale") is not None:
         parts.append(f"scale:{m['scale']:.0f}")
     if m.get("skipped"):

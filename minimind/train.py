@@ -197,9 +197,11 @@ def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     failed = True
     try:
         if trainer.dist.is_main:
-            from minimind.runfolder import display_path
+            from minimind.runfolder import continue_command, display_path
 
             log.info("run folder: %s", display_path(run_dir))
+            if not env.in_submitit_job():  # a kill (OOM, reboot) prints nothing: say it now
+                log.info("if it stops, continue it with: %s", continue_command(run_dir))
         final = trainer.fit()
         summary = dict(trainer.summary, final_loss=final, weights=trainer.weights_paths)
         if trainer.dist.is_main:

@@ -28,6 +28,8 @@ def test_console_lines_fit_120_columns_with_their_prefix():
                     scale=65536.0, skipped=17, tokens_per_s=987654.0, eta_s=36000 + 5 * 60)
     line = console_line(big_fp16)
     assert "grad_norm:123.5 scale:65536 skipped:17 tok/s:988k ETA:10h05m" in line
+    assert [console_line(dict(DEMO, grad_norm=g)).split()[3] for g in (2.42, 12.345, 1234.5)] == \
+        ["grad_norm:2.420", "grad_norm:12.35", "grad_norm:1234"]
     moe = console_line(dict(big_fp16, aux_loss=0.0123, scale=None, skipped=0))  # bf16 MoE
     for text in (demo, line, moe):
         assert len(PREFIX + text) <= 120, (len(PREFIX + text), text)

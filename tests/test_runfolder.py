@@ -111,10 +111,13 @@ def test_ctrl_c_prints_the_command_that_continues_and_it_does(tmp_path):
     run = next(tmp_path.glob("outputs/*/*"))
     rel = str(run.relative_to(tmp_path))
     assert f"run folder: {rel}" in out
-    line = next(line for line in out.splitlines() if "stopped at step" in line)
-    command = line.split("to continue: ", 1)[1]
+    lines = out.splitlines()
+    stopped = next(i for i, line in enumerate(lines) if "stopped at step" in line)
+    assert lines[stopped].endswith("after a signal; the checkpoint is saved")
+    command = lines[stopped + 1].split("] to continue: ", 1)[1]
     assert command == (f"python {LAUNCH} " + " ".join(shlex.quote(a) for a in args) + f" hydra.run.dir={rel}")
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert f"if it stops, continue it with: {command}" in out  # said at the start too (for a kill)
 
     argv = shlex.split(command)
     assert argv[0] == "python"
