@@ -3,8 +3,7 @@
 Both do what ``python launch.py`` does in the checkout, from any folder (outputs go to the
 current folder, as with launch.py), with the shipped ``conf/``. The package carries it as
 ``minimind/conf`` (a link to the checkout's ``conf/`` that a wheel turns into files), so an
-editable install and a regular one find the same configs. ``--config-dir DIR`` (Hydra's flag)
-adds a folder of the user's own options.
+editable install and a regular one find the same configs.
 
 Importing this module stays cheap (no torch): ``--help`` answers at once.
 """
