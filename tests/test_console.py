@@ -57,6 +57,8 @@ def test_hydras_console_handler_uses_it_and_the_log_file_keeps_the_full_format()
     assert logging_cfg.formatters.console["()"] == "minimind.console.ConsoleFormatter"
     assert logging_cfg.handlers.console.formatter == "console"
     assert logging_cfg.handlers.file.formatter == "simple"
+    # Hydra's own options still replace it as a whole (a merged fragment would break "disabled")
+    assert "handlers" not in compose(["hydra/job_logging=disabled"], return_hydra_config=True).hydra.job_logging
 
 
 @pytest.mark.slow
