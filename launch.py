@@ -8,24 +8,14 @@
 
 The wiring lives in ``minimind/train.py`` so that submitit can pickle this task by
 reference and tests call exactly what the CLI calls. Importing this file must stay cheap
-(no torch, no wandb): ``--help`` and ``--cfg job`` never reach ``train.run``.
+(no torch, no wandb): ``--help`` and ``--cfg job`` never reach ``train.run``. Outside the
+checkout, ``minimind-train`` and ``python -m minimind`` are the same command (minimind/cli.py).
 """
-
-import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import minimind.config as mm_config  # registers the config schema and the ${mm.*} resolvers
-
-
-def _quiet_nonzero_ranks() -> None:
-    """Under torchrun or SLURM tasks every rank composes the config; only rank 0 writes .hydra/."""
-    from minimind.env import rank
-
-    if rank() > 0 and not any(a.startswith("hydra.output_subdir=") for a in sys.argv):
-        sys.argv.append("hydra.output_subdir=null")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -37,33 +27,10 @@ def main(cfg: DictConfig) -> float:
     return run_cli(cfg)
 
 
-def _refuse_bad_overrides() -> None:
-    """Misspelt keys, wrong types, unknown group options, values ``--cfg`` would show but a run
-    refuses, a run folder a live run holds: one line, before Hydra starts."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return  # Hydra's own, complete report
+if __name__ == "__main__":
     from pathlib import Path
 
-    from minimind.env import rank
-    from minimind.overrides import check_composed, check_overrides
-    from minimind.runlock import busy_message_from_argv
+    from minimind.cli import before_hydra
 
-    conf, args = Path(__file__).resolve().parent / "conf", sys.argv[1:]
-    problem = (check_overrides(args, conf) or check_composed(args, conf)
-               or (busy_message_from_argv(args) if rank() == 0 else None))
-    if problem:
-        print(f"Error: {problem}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in ("--help", "-h"):
-        from pathlib import Path
-
-        from minimind.cli_help import render
-
-        print(render(Path(__file__).resolve().parent / "conf"))
-        sys.exit(0)
-    _refuse_bad_overrides()
-    _quiet_nonzero_ranks()
+    before_hydra(Path(__file__).resolve().parent / "conf", prog="launch.py")  # --help, bad overrides
     main()

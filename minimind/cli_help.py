@@ -45,19 +45,21 @@ def _line(key: str, value: str, doc: str, note: str) -> str:
     return f"  {f'{key}={value}':<38} {text}".rstrip()
 
 
-def render(conf_dir: Path) -> str:
+def render(conf_dir: Path, prog: str = "launch.py") -> str:
     from minimind.config import GROUP_SCHEMAS, Config
     from minimind.knobs import helps
 
     defaults = _defaults(conf_dir)
+    cmd = f"python {prog}" if prog.endswith(".py") else prog
+    torchrun = prog if prog.endswith(".py") else "-m minimind"
     lines = [
-        "launch.py: train MiniMind language models from composed Hydra configs",
+        f"{prog}: train MiniMind language models from composed Hydra configs",
         "",
         "Usage:",
-        "  python launch.py [key=value ...]                  one run (the embedded demo without arguments)",
-        "  python launch.py -m optim.grad_clip=0.3,1.0 ...   a sweep: one job per combination",
-        "  python launch.py --cfg job [key=value ...]        print the composed config and exit",
-        "  torchrun --nproc_per_node N launch.py dist=ddp    data-parallel training",
+        f"  {cmd + ' [key=value ...]':<50}one run (the embedded demo without arguments)",
+        f"  {cmd + ' -m optim.grad_clip=0.3,1.0 ...':<50}a sweep: one job per combination",
+        f"  {cmd + ' --cfg job [key=value ...]':<50}print the composed config and exit",
+        f"  {'torchrun --nproc_per_node N ' + torchrun + ' dist=ddp':<50}data-parallel training",
         "",
         "Config groups (group=option; * = default):",
     ]
@@ -86,9 +88,10 @@ def render(conf_dir: Path) -> str:
         "",
         "Outputs: outputs/<date>/<time>/ (multirun/<date>/<time>/<job>/ for sweeps): train.log,",
         "metrics.jsonl, events.jsonl, summary.json, checkpoints/, {save_weight}_{hidden}.pth.",
-        "Run the same command with hydra.run.dir=<run dir> to resume a run.",
+        "A run prints its folder; to continue it, give the same command with hydra.run.dir=<run dir>",
+        "(the exact command is printed at the start and when a run stops early).",
         "",
-        "More: python launch.py --hydra-help (Hydra's flags), python -m minimind.generate --help,",
+        f"More: {cmd} --hydra-help (Hydra's flags), python -m minimind.generate --help,",
         "python -m minimind.report --help, python benchmarks/step.py --help, README.md.",
     ]
     return "\n".join(lines)

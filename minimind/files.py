@@ -4,6 +4,11 @@ Write to a temporary name in the same folder, flush, fsync, then rename over the
 and fsync the folder: a kill at any instant leaves either the old file or the new one. The
 temporary name is ``.<name>.<random>.tmp``; a kill mid-write leaves one behind, which
 :func:`remove_stale_temps` deletes when the next run starts in that folder.
+
+``mkstemp`` creates its file with mode 0600 whatever the umask says; the file that replaces
+the old one gets the mode a new file gets from ``open()`` (0666 minus the umask), so teammates
+on a shared cluster can read weights and summaries as they can read everything else the run
+writes (a file written by an older version with 0600 gets the umask's mode when rewritten).
 """
 
 from __future__ import annotations
@@ -51,13 +56,30 @@ class _WriteErrors:
         return getattr(self._f, name)
 
 
+def current_umask() -> int:
+    """The process's umask. Linux reports it in /proc (reading it is free of side effects);
+    elsewhere it can only be read by setting it, briefly."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write through ``write(fileobj)`` to a temp file beside ``path``, fsync, rename. A failed
     write raises its OSError (ENOSPC, EDQUOT, EIO), whatever ``write`` turned it into."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             recorded = _WriteErrors(f)
             try:

@@ -16,6 +16,7 @@ files (upstream's .pth, safetensors) are read and written by :mod:`minimind.weig
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -467,7 +468,10 @@ def build_model(from_weight: str | None = None, **config_fields) -> MiniMindForC
     if from_weight:
         from minimind.weights import load_weights
 
-        load_weights(model, from_weight)
+        result = load_weights(model, from_weight)
+        total = len(model.state_dict())
+        logging.getLogger("minimind").info("model.from_weight: loaded %s (%d of the model's %d tensors)",
+                                           from_weight, total - len(result.missing_keys), total)
     return model
 
 

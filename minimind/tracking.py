@@ -1,7 +1,9 @@
 """Where metrics go: the console line, a progress bar, metrics.jsonl, events.jsonl, wandb.
 
 Only rank 0 writes. Nothing here touches a tensor: the loop hands over plain numbers, read
-from the device once per log interval.
+from the device once per log interval. The terminal's pieces (prefix, bar, notes) are in
+:mod:`minimind.console`, the wandb run in :mod:`minimind.wandb_run`; metrics.jsonl gets every
+field of every log line, wandb only the ones that are metrics.
 """
 
 from __future__ import annotations
@@ -12,38 +14,45 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+from minimind.console import ProgressBar, fmt_duration
 
 log = logging.getLogger("minimind")
+_fmt_duration = fmt_duration  # the old name
 
 
-def _fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+def _rate(v: float) -> str:
+    return f"{v:.0f}" if v < 100_000 else f"{v / 1000:.0f}k"
+
+
+def _norm(v: float) -> str:
+    """Five characters below 1000: 1.333, 12.35, 123.5."""
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.{3 if abs(v) < 10 else 2 if abs(v) < 100 else 1 if abs(v) < 1000 else 0}f}"
 
 
 def console_line(m: Dict[str, Any]) -> str:
-    """MiniMind's ``Epoch:[e/E](step/iters) loss lr epoch_Time`` plus the update-step numbers."""
-    scale = "-" if m.get("scale") is None else f"{m['scale']:.0f}"
+    """MiniMind's ``Epoch:[e/E](step/iters) loss lr`` plus the update-step numbers.
+
+    It must fit 120 columns with the console prefix (``[12:00:00] ``, 11): the demo's line is
+    83 characters, a 5-digit-step fp16 line with skipped steps 109. So the loss scale shows only when fp16
+    has one, the skipped steps only once there are some (summary.json and the report have both),
+    and the elapsed time is in metrics.jsonl, not here.
+    """
     parts = [
         f"Epoch:[{m['epoch']}/{m['epochs']}]({m['step']}/{m['total_steps']})",
         f"loss:{m['loss']:.4f}",
     ]
     if m.get("aux_loss"):
         parts.append(f"aux:{m['aux_loss']:.4f}")
-    parts += [
-        f"lr:{m['lr']:.3e}",
-        f"grad_norm:{m['grad_norm']:.3f}",
-        f"scale:{scale}",
-        f"skipped:{m['skipped']}",
-        f"tok/s:{m['tokens_per_s']:.0f}",
-        f"elapsed:{_fmt_duration(m['elapsed_s'])}",
-        f"ETA:{_fmt_duration(m['eta_s'])}",
-    ]
+    parts += [f"lr:{m['lr']:.2e}", f"grad_norm:{_norm(m['grad_norm'])}"]
+    if m.get("scale") is not None:
+        parts.append(f"scale:{m['scale']:.0f}")
+    if m.get("skipped"):
+        parts.append(f"skipped:{m['skipped']}")
+    parts += [f"tok/s:{_rate(m['tokens_per_s'])}", f"ETA:{fmt_duration(m['eta_s'])}"]
     return " ".join(parts)
 
 
@@ -52,7 +61,8 @@ class Tracker:
 
     def __init__(self, console: bool = True, metrics_file: Optional[str] = "metrics.jsonl",
                  wandb: Optional[Dict[str, Any]] = None, *, run_dir: str = ".",
-                 is_main: bool = True, config: Optional[dict] = None, group: Optional[str] = None):
+                 is_main: bool = True, config: Optional[dict] = None, group: Optional[str] = None,
+                 overrides: Optional[List[str]] = None):
         self.console = console
         self.run_dir = Path(run_dir)
         self.is_main = is_main
@@ -62,8 +72,9 @@ class Tracker:
         if self.wandb_cfg is not None and not self.wandb_cfg.get("group"):
             self.wandb_cfg["group"] = group  # the jobs of one sweep, grouped
         self.config = config or {}
-        self._run = None
-        self._bar = None
+        self.overrides: List[str] = list(overrides or [])
+        self._run = None  # a minimind.wandb_run.WandbRun
+        self._bar: Optional[ProgressBar] = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -75,23 +86,15 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         show = progress if progress is not None else sys.stderr.isatty()
         if show:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total_steps, initial=initial_step, unit="step",
-                             dynamic_ncols=True, leave=False)
+            self._bar = ProgressBar(total_steps, initial_step)
         if self.wandb_cfg is not None and self.wandb_cfg.get("mode") != "disabled":
             self._start_wandb(wandb_id)
 
     def _start_wandb(self, wandb_id: Optional[str]) -> None:
-        import wandb
+        from minimind.wandb_run import WandbRun
 
-        c = self.wandb_cfg
-        self._run = wandb.init(
-            project=c.get("project"), entity=c.get("entity"),
-            name=c.get("name") or self.run_dir.name, group=c.get("group"),
-            tags=list(c.get("tags") or []), mode=c.get("mode", "offline"),
-            dir=str(self.run_dir), config=self.config,
-            id=wandb_id, resume="allow" if wandb_id else None)
+        self._run = WandbRun(self.wandb_cfg, run_dir=self.run_dir, config=self.config,
+                             overrides=self.overrides, wandb_id=wandb_id)
 
     @property
     def wandb_id(self) -> Optional[str]:
@@ -104,31 +107,27 @@ class Tracker:
             self._bar.close()
             self._bar = None
         if self._run is not None:
-            self._run.finish(exit_code=1 if failed else 0)
+            self._run.finish(failed=failed)
             self._run = None
 
     # ------------------------------------------------------------------ per step / interval
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
-            self._bar.update(steps)
+            self._bar.advance(steps)
 
     def log(self, metrics: Dict[str, Any]) -> None:
         if not self.is_main:
             return
+        if self._bar is not None:  # first: the line's tqdm.write redraws the bar with its loss and ETA
+            self._bar.logged(metrics.get("loss"), metrics.get("eta_s"), refresh=not self.console)
         if self.console:
-            line = console_line(metrics)
-            if self._bar is not None:
-                self._bar.clear()
-            log.info(line)
-            if self._bar is not None:
-                self._bar.refresh()
+            log.info(console_line(metrics))  # through tqdm.write while the bar is open
         if self.metrics_path is not None:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if self._run is not None:
-            self._run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                          step=metrics["step"])
+            self._run.log(metrics)  # the metrics; the counters stay in metrics.jsonl
 
     def event(self, name: str, **fields: Any) -> None:
         """A line in events.jsonl: start, resume, checkpoint, interrupted, completed, failed."""
@@ -145,6 +144,4 @@ class Tracker:
 
         atomic_write_text(self.run_dir / "summary.json", json.dumps(data, indent=2) + "\n")
         if self._run is not None:
-            for k, v in data.items():
-                if isinstance(v, (int, float, str)):
-                    self._run.summary[k] = v
+            self._run.summary(data)

@@ -34,6 +34,7 @@ from minimind import env
 from minimind.config import to_plain, validate
 from minimind.errors import ConfigError, UserError, unwrap_worker_error
 from minimind.files import refuse_used_run_dir
+from minimind.required import refuse_missing
 from minimind.runlock import RunLock
 
 log = logging.getLogger("minimind")
@@ -69,6 +70,7 @@ def overrides_of() -> list:
 
 def preflight(cfg: DictConfig, run_dir: Path) -> None:
     """Everything that can be refused without building anything: values, paths, resume."""
+    refuse_missing(cfg)  # a ??? key: one line with an example, not MissingMandatoryValue
     validate(cfg)
     d = cfg.data
     path = Path(d.path)
@@ -174,7 +176,8 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
         optimization = instantiate(cfg.optim, model=model, device=device)
         config = to_plain(cfg)
         tracker = instantiate(cfg.logger, _partial_=True, _convert_="all")(
-            run_dir=str(run_dir), is_main=dist.is_main, config=config, group=sweep_name())
+            run_dir=str(run_dir), is_main=dist.is_main, config=config, group=sweep_name(),
+            overrides=overrides_of())
         # _partial_: the YAML's keys now, the built parts (which are not configs) in the call
         return instantiate(cfg.loop, _partial_=True, _convert_="all")(
             model=model, objective=objective, optimization=optimization, precision=precision,
@@ -196,10 +199,17 @@ def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     trainer = build_trainer(cfg, run_dir)
     failed = True
     try:
+        if trainer.dist.is_main:
+            from minimind.runfolder import continue_command, display_path
+
+            log.info("run folder: %s", display_path(run_dir))
+            if not env.in_submitit_job():  # a kill (OOM, reboot) prints nothing: say it now
+                log.info("if it stops, continue it with: %s", continue_command(run_dir))
         final = trainer.fit()
-        summary = dict(trainer.summary, final_loss=final)
+        summary = dict(trainer.summary, final_loss=final, weights=trainer.weights_paths)
         if trainer.dist.is_main:
             _write_summary(run_dir, cfg, summary, trainer.tracker, trainer.raw_model)
+            _say_where(run_dir, summary)
         failed = False
         return summary
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a checkpoint
@@ -220,6 +230,16 @@ def _respect_cpu_allocation(torch) -> None:
     cpus = env.slurm_cpus_per_task()
     if cpus:
         torch.set_num_threads(cpus)
+
+
+def _say_where(run_dir: Path, summary: Dict[str, Any]) -> None:
+    """The last lines of a run: where its files are (and, stopped early, how to go on: the loop
+    said it with the command)."""
+    from minimind.runfolder import display_path
+
+    log.info("run folder: %s (summary.json, metrics.jsonl, checkpoints/)", display_path(run_dir))
+    for path in summary.get("weights") or []:
+        log.info("weights: %s", display_path(path))
 
 
 def _silence_file_logs() -> None:
@@ -302,7 +322,11 @@ def run(cfg: DictConfig) -> float:
         summary = build_and_fit(cfg, run_dir)
     except BaseException as e:
         if not isinstance(e, (SystemExit, KeyboardInterrupt)):
-            _record_failure(run_dir, find_user_error(e) or e)
+            from minimind.runfolder import remove_if_refused
+
+            # refused before training: a single run's folder that holds only Hydra's files goes
+            if not (find_user_error(e) is not None and remove_if_refused(run_dir)):
+                _record_failure(run_dir, find_user_error(e) or e)
         raise
     finally:
         if lock is not None:
@@ -333,7 +357,19 @@ def run_cli(cfg: DictConfig) -> Optional[float]:
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
             raise
         print(f"Error: {user_error}", file=sys.stderr)
+        _say_how_to_continue(run_dir_of())
         sys.exit(2)
+
+
+def _say_how_to_continue(run_dir: Path) -> None:
+    """After an error in training, a run with a checkpoint can go on from it: say how."""
+    from minimind.files import list_checkpoints
+    from minimind.runfolder import continue_command, display_path
+
+    found = list_checkpoints(run_dir / "checkpoints") if env.rank() == 0 else []
+    if found:
+        print(f"The run folder {display_path(run_dir)} keeps {display_path(found[0])}; after fixing the "
+              f"cause, continue from it with: {continue_command(run_dir)}", file=sys.stderr)
 
 
 def find_user_error(error: BaseException) -> Optional[BaseException]:

@@ -1,5 +1,6 @@
 """`python -m minimind.generate`: model YAML or run directory, weights, streaming, greedy determinism."""
 
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,138 @@ def test_cli_subprocess_with_demo_tokenizer(tmp_path):
     for r in runs:
         assert r.returncode == 0, r.stderr
     assert runs[0].stdout == runs[1].stdout and "Model params:" in runs[0].stderr
+
+
+# --------------------------------------------------------------------------- which weights, and a chat
+
+
+class RecordingTokenizer(ByteTokenizer):
+    """Records what the chat template was asked to render."""
+
+    def __init__(self):
+        self.renders = []
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tools=None, **kwargs):
+        self.renders.append(([dict(m) for m in messages], kwargs))
+        return super().apply_chat_template(messages, add_generation_prompt)
+
+
+def make_run(tmp_path, loop=None, hydra_cwd=None):
+    """A run folder as launch.py leaves it: .hydra/config.yaml (+ hydra.yaml)."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    node = {"model": OmegaConf.to_container(OmegaConf.load(TINY_YAML)), "data": {"tokenizer": None}}
+    if loop is not None:
+        node["loop"] = loop
+    OmegaConf.save(OmegaConf.create(node), run / ".hydra" / "config.yaml")
+    if hydra_cwd is not None:
+        OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"cwd": str(hydra_cwd)}}}), run / ".hydra" / "hydra.yaml")
+    return run
+
+
+def tiny_weights(path):
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_weights(build_model(**tiny_fields(ByteTokenizer.vocab_size)), str(path))
+
+
+GREEDY = ["--prompt", "abc", "--greedy", "--max-new-tokens", "3", "--device", "cpu"]
+
+
+def test_a_run_dir_uses_the_weights_its_records_name(tmp_path, capsys, fake_tokenizer):
+    elsewhere = tiny_weights(tmp_path / "out" / "full_sft_128.pth")
+    run = make_run(tmp_path, loop={"save_dir": str(tmp_path / "out"), "save_weight": "full_sft"})
+    decoy = tiny_weights(run / "pretrain_128.pth")  # newer, in the run folder: not what the run recorded
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "weights": [elsewhere]}))
+    _, err = run_main(capsys, ["--model", str(run)] + GREEDY)
+    assert f"weights: {elsewhere}" in err and decoy not in err
+    # killed before the summary: the last checkpoint event says where
+    (run / "summary.json").unlink()
+    other = tiny_weights(tmp_path / "out2" / "full_sft_128.pth")
+    events = [{"event": "checkpoint", "step": 5, "weights": [elsewhere]},
+              {"event": "checkpoint", "step": 10, "weights": [other]}]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"event": "chec')
+    _, err = run_main(capsys, ["--model", str(run)] + GREEDY)
+    assert f"weights: {other}" in err
+
+
+def test_a_run_dir_without_records_uses_its_configs_save_dir(tmp_path, capsys, fake_tokenizer):
+    started_in = tmp_path / "project"
+    expected = tiny_weights(started_in / "out" / "full_sft_128.pth")
+    run = make_run(tmp_path, loop={"save_dir": "out", "save_weight": "full_sft"}, hydra_cwd=started_in)
+    _, err = run_main(capsys, ["--model", str(run)] + GREEDY)
+    assert f"weights: {expected}" in err
+
+
+def test_no_weights_is_an_error_unless_random_init_is_asked_for(tmp_path, capsys, fake_tokenizer):
+    run = make_run(tmp_path)
+    with pytest.raises(SystemExit, match=r"recorded no weights and holds no \.pth: give --weights FILE "
+                                         r"\(or --random-init"):
+        gen.main(["--model", str(run)] + GREEDY)
+    with pytest.raises(SystemExit, match="is a model config, not weights"):
+        gen.main(["--model", str(TINY_YAML)] + GREEDY)
+    _, err = run_main(capsys, ["--model", str(run), "--random-init"] + GREEDY)
+    assert "--random-init: a randomly initialised model" in err
+    (run / "summary.json").write_text(json.dumps({"weights": [str(tmp_path / "moved.pth")]}))
+    with pytest.raises(SystemExit, match=r"recorded its weights at .*moved\.pth, which does not exist"):
+        gen.main(["--model", str(run)] + GREEDY)
+
+
+def test_the_note_says_why_decoding_stopped(capsys, fake_tokenizer, weights, monkeypatch):
+    import minimind.model as model_module
+
+    argv = ["--model", str(TINY_YAML), "--weights", weights, "--prompt", "hi", "--greedy", "--max-new-tokens", "5"]
+    _, err = run_main(capsys, argv)
+    assert err.strip().splitlines()[-1] == ("[stopped at --max-new-tokens=5: the reply may be cut; "
+                                            "raise it to see more]")
+    calls = []
+    real = model_module.sample_next_token
+
+    def eos_third(logits, *a, **k):
+        calls.append(1)
+        token = real(logits, *a, **k)
+        return torch.full_like(token, ByteTokenizer.eos_token_id) if len(calls) == 3 else token
+
+    monkeypatch.setattr(model_module, "sample_next_token", eos_third)
+    _, err = run_main(capsys, argv)
+    assert err.strip().splitlines()[-1] == "[end of text after 3 tokens]"
+
+
+def test_the_chat_keeps_the_conversation_and_passes_the_thinking_switch(capsys, weights, monkeypatch):
+    import io
+
+    tok = RecordingTokenizer()
+    monkeypatch.setattr(gen, "_load_tokenizer", lambda path: tok)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first question\nsecond question\n\nnot read\n"))
+    out, err = run_main(capsys, ["--model", str(TINY_YAML), "--weights", weights, "--greedy",
+                                 "--max-new-tokens", "4", "--think"])
+    assert len(tok.renders) == 2 and err.count("[stopped at --max-new-tokens=4") == 2
+    first, second = tok.renders[0][0], tok.renders[1][0]
+    assert first == [{"role": "user", "content": "first question"}]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert second[2]["content"] == "second question" and second[1]["content"] == out.splitlines()[0]
+    assert tok.renders[0][1] == {"open_thinking": True, "enable_thinking": True}
+
+    tok.renders.clear()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a\nb\n"))
+    run_main(capsys, ["--model", str(TINY_YAML), "--weights", weights, "--greedy", "--max-new-tokens", "2",
+                      "--history", "0", "--no-think"])
+    assert [len(m) for m, _ in tok.renders] == [1, 1]  # no history kept
+    assert tok.renders[0][1] == {"open_thinking": False, "enable_thinking": False}
+
+
+def test_cli_chat_and_missing_weights_in_a_subprocess(tmp_path):
+    from minimind.data.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    path = save_weights(build_model(**tiny_fields(load_tokenizer(None).vocab_size)), str(tmp_path / "w.pth"))
+    cmd = [sys.executable, "-m", "minimind.generate", "--model", str(TINY_YAML), "--greedy",
+           "--max-new-tokens", "6", "--device", "cpu"]
+    r = subprocess.run(cmd + ["--weights", path], input="hello\nand again\n", capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("[stopped at --max-new-tokens=6") + r.stderr.count("[end of text after") == 2  # two turns
+    r = subprocess.run(cmd + ["--prompt", "x"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {TINY_YAML} is a model config, not weights: give "
+                                             "--weights FILE (or --random-init for a randomly initialised model)"]
