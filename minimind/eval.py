@@ -117,7 +117,13 @@ def build_config(run: Optional[dict], args: argparse.Namespace):
     from minimind.config import DataConfig  # also registers the ${mm.*} resolvers
 
     if run is None:
-        model = OmegaConf.to_container(OmegaConf.load(args.model), resolve=True)
+        try:
+            model = OmegaConf.to_container(OmegaConf.load(args.model), resolve=True)
+        except Exception as e:  # noqa: BLE001 - missing file, bad YAML, an interpolation
+            from minimind.errors import ConfigError
+
+            raise ConfigError(f"--model {args.model}: cannot be read as a model YAML ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
         model = model.get("model", model) if "_target_" not in model else model
         kind = args.kind or "sft"
         data = {f: getattr(DataConfig, f, None) for f in DataConfig.__dataclass_fields__
