@@ -343,3 +343,22 @@ def test_the_eval_line_and_the_wandb_values(tmp_path):
     assert step == 100 and values["val_loss"] == 2.34567 and "step" not in values and "kind" not in values
     assert step2 == 200 and values2["samples"].data == [[100, "Hi", "Hello"], [200, "Hi", "Hello!"]]
     tracker._run = None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resume_with_dropout_and_evaluation_is_bit_exact(cfg_factory, tmp_path, workers):
+    """Continued from its step 3 checkpoint, a run with dropout (which draws from torch's RNG every
+    step) ends as the uninterrupted one. Before the training DataLoader had a generator of its
+    own, each new iterator (one per resume) drew its seed from the global RNG and shifted the
+    dropout stream."""
+    import shutil
+
+    overrides = ["model.dropout=0.1", "data.val_size=24", "loop.eval_interval=2", "loop.save_interval=3",
+                 "loop.max_steps=6", f"data.num_workers={workers}", "loop.eval_prompts=[Hi]"]
+    build_and_fit(cfg_factory(overrides), tmp_path / "ref")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "ref" / "checkpoints" / "step_00000003.pt", tmp_path / "run" / "checkpoints")
+    build_and_fit(cfg_factory(overrides), tmp_path / "run")
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "step_00000006.pt", weights_only=True) for r in ("ref", "run"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["eval"] == b["eval"] and torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])

@@ -100,7 +100,10 @@ class Batches:
             self.dataset.set_epoch(sampler.epoch)  # workers copy the dataset at iter() time
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=TrimmingCollate() if self.trim else None,
-                          pin_memory=self.pin_memory, persistent_workers=False)
+                          pin_memory=self.pin_memory, persistent_workers=False,
+                          # the iterator's base seed from a generator of its own: from the global RNG
+                          # it would shift the dropout stream by one draw at each resume
+                          generator=torch.Generator())
 
     def stats(self) -> Dict[str, Any]:
         return self.dataset.stats() if hasattr(self.dataset, "stats") else {}
