@@ -85,7 +85,8 @@ def render(conf_dir: Path) -> str:
     lines += [
         "",
         "Outputs: outputs/<date>/<time>/ (multirun/<date>/<time>/<job>/ for sweeps): train.log,",
-        "metrics.jsonl, events.jsonl, summary.json, checkpoints/, {save_weight}_{hidden}.pth.",
+        "metrics.jsonl, events.jsonl, summary.json, checkpoints/, {save_weight}_{hidden}.pth",
+        "(+ samples.jsonl and _best.pth when evaluating held-out data; python -m minimind.eval --help).",
         "Run the same command with hydra.run.dir=<run dir> to resume a run.",
         "",
         "More: python launch.py --hydra-help (Hydra's flags), python -m minimind.generate --help,",

@@ -208,7 +208,7 @@ class LoopConfig:
     save_best: bool = knob(False, "also keep the weights of the best evaluation: "
                                   "{save_weight}_{hidden_size}[_moe]_best.pth")
     eval_prompts: list = knob([], "prompts decoded greedily at each evaluation (chat template unless "
-                                  "data.kind=pretrain) -> samples.jsonl; data=demo sets a few")
+                                  "data.kind=pretrain) -> samples.jsonl, wandb, the console")
 
 
 @dataclass
