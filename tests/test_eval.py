@@ -362,3 +362,17 @@ def test_a_resume_with_dropout_and_evaluation_is_bit_exact(cfg_factory, tmp_path
     a, b = (torch.load(tmp_path / r / "checkpoints" / "step_00000006.pt", weights_only=True) for r in ("ref", "run"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["eval"] == b["eval"] and torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+
+def test_the_eval_cost_benchmark_prints_its_numbers(capsys):
+    from conftest import import_benchmark
+
+    bench = import_benchmark("eval_cost")
+    r = bench.main(["--steps", "1", "--rounds", "1", "--warmup", "0", "--val-size", "8", "--prompts", "1",
+                    "--seq-len", "32", "--batch-size", "4", "--override", "model.hidden_size=32",
+                    "--override", "model.num_attention_heads=2", "--override", "model.num_key_value_heads=1"])
+    assert r["eval_batches"] == 2 and r["prompts"] == 1 and r["device"] == "cpu"
+    eval_ms = r["eval_loss_ms"] + r["eval_samples_ms"]
+    assert r["eval_steps_equivalent"] == pytest.approx(eval_ms / r["train_ms_per_step"])
+    out = capsys.readouterr().out
+    assert "one evaluation" in out and "training steps" in out
