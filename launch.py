@@ -1,4 +1,4 @@
-"""Hydra entry point: compose the config, run one training job, return its final loss.
+"""Hydra entry point: compose the config, run one training job, return its val loss (or final loss).
 
     python launch.py                                  # the embedded demo (tiny model, CPU)
     python launch.py precision=fp16 optim.grad_clip=0.5

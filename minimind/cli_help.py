@@ -87,7 +87,8 @@ def render(conf_dir: Path, prog: str = "launch.py") -> str:
     lines += [
         "",
         "Outputs: outputs/<date>/<time>/ (multirun/<date>/<time>/<job>/ for sweeps): train.log,",
-        "metrics.jsonl, events.jsonl, summary.json, checkpoints/, {save_weight}_{hidden}.pth.",
+        "metrics.jsonl, events.jsonl, summary.json, checkpoints/, {save_weight}_{hidden}.pth",
+        "(+ samples.jsonl and _best.pth when evaluating held-out data; python -m minimind.eval --help).",
         "A run prints its folder; to continue it, give the same command with hydra.run.dir=<run dir>",
         "(the exact command is printed at the start and when a run stops early).",
         "",

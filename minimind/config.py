@@ -162,6 +162,10 @@ class DataConfig:
                                           "~/.cache/minimind")
     system_prompt_prob: float = knob(0.0, "SFT augmentation: random system prompt (upstream: 0.2)")
     drop_empty_think_prob: float = knob(0.0, "SFT augmentation: drop empty think blocks (upstream: 0.8)")
+    val_path: Optional[str] = knob(None, "held-out JSONL in the format of data.path, evaluated and never "
+                                         "trained on (loop.eval_interval)")
+    val_size: Optional[float] = knob(None, "hold out part of data.path instead: a count (>= 1) or a fraction "
+                                           "(< 1), picked from the seed; null/0 = none")
     dataset: Any = knob(MISSING, "the dataset node; it receives the data.* values it has parameters for")
 
 
@@ -206,6 +210,14 @@ class LoopConfig:
     max_nan_skips: int = knob(10, "on_nan=skip: give up after this many skipped updates in a row")
     progress: Optional[bool] = knob(None, "progress bar: null = only on a terminal, true = always, "
                                           "false = never")
+    eval_interval: Optional[int] = knob(100, "held-out loss every N optimizer steps and at the end (when "
+                                             "data.val_path/val_size gives held-out data); null: at the end only")
+    eval_batches: Optional[int] = knob(None, "evaluate the first N x data.batch_size held-out samples; null: "
+                                             "all of them")
+    save_best: bool = knob(False, "also keep the weights of the best evaluation: "
+                                  "{save_weight}_{hidden_size}[_moe]_best.pth")
+    eval_prompts: list = knob([], "prompts decoded greedily at each evaluation (chat template unless "
+                                  "data.kind=pretrain) -> samples.jsonl, wandb, the console")
 
 
 @dataclass
@@ -290,6 +302,23 @@ def _refuse_second_copies(cfg: DictConfig) -> None:
                                   f"{owners[key]} (one place for each setting)")
 
 
+def _validate_eval(d: DictConfig, lp: DictConfig) -> None:
+    """data.val_* and loop.eval_*: what can be judged without reading the data."""
+    v = d.val_size
+    _check(v is None or (v >= 0 and (v < 1 or float(v).is_integer())), "data.val_size", v,
+           "a count of samples (a whole number >= 1), a fraction in (0, 1), or null/0 for none")
+    _check(not (d.val_path and v), "data.val_size", v,
+           f"data.val_path={d.val_path!r} is set too: hold out part of data.path or use a val file, not both")
+    _check(lp.eval_interval is None or lp.eval_interval >= 1, "loop.eval_interval", lp.eval_interval,
+           "must be >= 1, or null to evaluate only at the end")
+    _check(lp.eval_batches is None or lp.eval_batches >= 1, "loop.eval_batches", lp.eval_batches,
+           "must be >= 1, or null for the whole held-out set")
+    _check(not lp.save_best or bool(d.val_path or v), "loop.save_best", lp.save_best,
+           "needs held-out data: set data.val_path or data.val_size")
+    _check(all(isinstance(x, str) and x.strip() for x in lp.eval_prompts), "loop.eval_prompts",
+           list(lp.eval_prompts), "a list of non-empty strings")
+
+
 def validate(cfg: DictConfig) -> None:
     """Range checks a type cannot express. Cheap: no torch, no files read."""
     o, d, lp, p = cfg.optim, cfg.data, cfg.loop, cfg.precision
@@ -316,6 +345,7 @@ def validate(cfg: DictConfig) -> None:
     _check(lp.save_interval >= 1, "loop.save_interval", lp.save_interval, "must be >= 1")
     _check(lp.keep_last >= 1, "loop.keep_last", lp.keep_last, "must be >= 1")
     _check(lp.max_nan_skips >= 1, "loop.max_nan_skips", lp.max_nan_skips, "must be >= 1")
+    _validate_eval(d, lp)
     _check(bool(str(lp.resume).strip()), "loop.resume", lp.resume,
            "valid: auto, never, or the path of a checkpoint")
     dev = str(cfg.device)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,11 @@ import torch
 from minimind import checkpoint as ckpt
 from minimind import env, resume, run_identity, runlock
 from minimind.console import TruncationNote
-from minimind.errors import CheckpointError, TrainingError
+from minimind.data.holdout import split_key
+from minimind.errors import CheckpointError
+from minimind.evaluate import Evaluator, run_result
 from minimind.metrics import StepMetrics, StepResult
+from minimind.nonfinite import NonFinite
 from minimind.objectives import to_device
 from minimind.progress import Progress, RunClock
 from minimind.runfolder import continue_hint
@@ -133,9 +135,11 @@ class Trainer:
     def __init__(self, *, epochs: int, max_steps: Optional[int], log_interval: int, save_interval: int,
                  save_dir: Optional[str], save_weight: str, weights_format: str, keep_last: int,
                  resume: str, compile: bool, compile_backend: str, empty_cache: bool, on_nan: str,
-                 max_nan_skips: int, progress: Optional[bool],
+                 max_nan_skips: int, progress: Optional[bool], eval_interval: Optional[int],
+                 eval_batches: Optional[int], save_best: bool, eval_prompts: List[str],
                  model: torch.nn.Module, objective, optimization, precision, batches, dist, tracker,
-                 run_dir: str, config: Optional[dict] = None, resume_changes: str = "refuse"):
+                 run_dir: str, config: Optional[dict] = None, resume_changes: str = "refuse",
+                 evaluator: Optional[Evaluator] = None):
         self.epochs, self.max_steps = epochs, max_steps
         self.log_interval, self.save_interval = log_interval, save_interval
         self.run_dir = Path(run_dir)
@@ -160,11 +164,16 @@ class Trainer:
         self.schedule, self.stop = None, StopRequest()  # the schedule: prepare() builds it
         self.is_moe = bool(getattr(getattr(model, "config", None), "use_moe", False))
         self.resumed_from: Optional[str] = None
-        self.last_saved_step, self._nan_run, self._interval_tokens = -1, 0, 0  # _nan_run: skips in a row
+        self.last_saved_step, self._interval_tokens = -1, 0
+        self.nonfinite = NonFinite(max_nan_skips, metrics=self.metrics, checkpoints=self.checkpoints, dist=dist,
+                                   progress=self.progress)  # loop.on_nan: stop or skip
         self.history: List[Dict[str, Any]] = []
         self.summary: Dict[str, Any] = {}
         self.truncation, self.clock = TruncationNote(batches, is_main=dist.is_main), RunClock(self.progress)
         self.weights_paths: List[str] = []  # the inference weights written last
+        self.evaluator = evaluator and evaluator.configure(  # None: no held-out data (data.val_path/val_size)
+            interval=eval_interval, max_batches=eval_batches, prompts=eval_prompts,
+            save_best=(lambda: self._save_weights("_best")) if save_best else None)
 
     # ================================================================== the public step
 
@@ -178,36 +187,10 @@ class Trainer:
         p = self.progress
         lr = self.schedule.set_lr(self.optimizer, p.step)
         result = self.update(window, lr)
-        if result.nan_skipped:
-            self._after_nan_skip()
-        else:
-            self._nan_run = 0
+        self.nonfinite.after_step(result.nan_skipped)
         self.metrics.record(result, p.step + 1)
         p.step += 1
         return result
-
-    def _after_nan_skip(self) -> None:
-        self._nan_run += 1
-        self.progress.nan_skips += 1
-        step = self.progress.step + 1
-        log.warning("step %d: non-finite loss/gradient, update skipped (%d in a row, limit %d)",
-                    step, self._nan_run, self.max_nan_skips)
-        if self._nan_run >= self.max_nan_skips:
-            raise TrainingError(
-                f"loss was NaN/inf for {self._nan_run} steps in a row (loop.max_nan_skips="
-                f"{self.max_nan_skips}) at step {step}; the last good checkpoint is "
-                f"kept. Try a lower optim.lr, optim.grad_clip=1.0, or precision=bf16")
-
-    def _check_finite(self) -> None:
-        """on_nan=stop: a NaN/inf step since the last check ends the run before anything is saved."""
-        step = self.metrics.first_bad_step(self.dist)
-        if step >= 0:
-            last = self.checkpoints.list()
-            kept = f"the last good checkpoint is {last[0]}" if last else "no checkpoint was written yet"
-            raise TrainingError(
-                f"loss became NaN/inf at step {step} (loop.on_nan=stop); {kept}. Try a lower "
-                f"optim.lr, gradient clipping (optim.grad_clip=1.0), precision=bf16 instead of fp16, "
-                f"or loop.on_nan=skip to skip such updates")
 
     def _sync_tokens(self) -> None:
         added = self.metrics.sync_tokens(self.dist)
@@ -217,7 +200,7 @@ class Trainer:
     # ================================================================== logging
 
     def _log(self, t_start: float, interval_t0: float, steps_this_run: int, total_steps: int) -> Dict[str, Any]:
-        self._check_finite()
+        self.nonfinite.check()
         self._sync_tokens()
         interval_tokens, self._interval_tokens = self._interval_tokens, 0
         read = self.metrics.read(self.dist)
@@ -250,13 +233,14 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), **self.progress.state_dict(), **self.metrics.state_dict(),
                 "world_size": self.dist.world_size, "batch_size": self.batches.batch_size,
                 "accumulation_steps": self.accum, "config": self.config, "run": self.identity,
-                "optimizer_params": ckpt.param_names(self.raw_model, self.optimizer)}
+                "optimizer_params": ckpt.param_names(self.raw_model, self.optimizer),
+                "train_split": split_key(self.batches.indices), "eval": self.evaluator and self.evaluator.state_dict()}
 
     def save(self, reason: str = "interval") -> None:
         """Checkpoint + inference weights, written by rank 0 with every rank's RNG state."""
         if self.progress.step == self.last_saved_step:
             return
-        self._check_finite()
+        self.nonfinite.check()
         self._sync_tokens()
         self.clock.read()
         rngs = self.dist.gather_objects(ckpt.rng_state())
@@ -279,10 +263,12 @@ class Trainer:
         self.dist.barrier()
         self.last_saved_step = self.progress.step
 
-    def _save_weights(self) -> List[str]:
-        """The absolute paths written: the checkpoint event records them (generate reads them)."""
+    def _save_weights(self, tag: str = "") -> List[str]:
+        """Inference weights (``tag="_best"``: the best evaluation's, loop.save_best); returns the
+        absolute paths written: the checkpoint event records them (generate reads them)."""
         formats = ["pth", "safetensors"] if self.weights_format == "both" else [self.weights_format]
-        paths = [self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=f".{fmt}") for fmt in formats]
+        paths = [self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=f"{tag}.{fmt}")
+                 for fmt in formats]
         for path, fmt in zip(paths, formats):
             save_weights(self.raw_model, path, fmt=fmt)
         return [str(path.absolute()) for path in paths]
@@ -339,6 +325,8 @@ class Trainer:
                 if p.step % self.log_interval == 0 or p.step >= total_steps:
                     self._log(t_start, interval_t0, steps_this_run, total_steps)
                     interval_t0 = time.time()
+                if self.evaluator:  # every eval_interval steps and at the end
+                    self.evaluator.after_step(self.raw_model, p, total_steps)
                 if p.step % self.save_interval == 0:
                     self.save("interval")
                 if self.dist.any_flag(self.stop.signum is not None):
@@ -363,6 +351,8 @@ class Trainer:
         }
         self.summary.update({f"data_{k}": v for k, v in self.batches.stats().items()})
         self.summary.update(data_samples_seen=p.samples, elapsed_s=self.clock.read())
+        evaluation, result = run_result(self.evaluator, p.final_loss)  # what sweeps optimise
+        self.summary.update(evaluation)
         self.tracker.event(status, step=p.step, final_loss=p.final_loss)
         self.truncation.report()
         if status == "interrupted":
@@ -375,4 +365,4 @@ class Trainer:
                 runlock.release_all()  # saved and closed: the requeued job may take the folder
                 self.stop.forward_to_previous()
                 sys.exit(0)
-        return float(p.final_loss) if p.final_loss is not None else math.nan
+        return result

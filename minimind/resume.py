@@ -6,7 +6,9 @@
 2. The checkpoint ``loop.resume`` names is found (:func:`minimind.checkpoint.find_resume_state`;
    upstream's ``*_resume.pth`` converted first).
 3. It must be of this run (:mod:`minimind.run_identity`): refused with the differences, unless
-   ``loop.resume_changes=allow``; then restored (:func:`minimind.checkpoint.restore`).
+   ``loop.resume_changes=allow``, and hold out the same samples (:mod:`minimind.data.holdout`,
+   always refused); then restored (:func:`minimind.checkpoint.restore`), the evaluator's
+   best-so-far too.
 4. Checkpoints that are not on its line (newer ones of the folder after a fallback or a
    ``loop.resume=PATH`` to an older step) are set aside in ``checkpoints/abandoned/``, so
    that ``loop.resume=auto`` continues this line afterwards and pruning never counts them.
@@ -19,6 +21,7 @@ from typing import Any, Dict
 
 from minimind import checkpoint as ckpt
 from minimind import run_identity
+from minimind.data.holdout import check_resume, split_key
 from minimind.files import remove_stale_temps
 
 log = logging.getLogger("minimind")
@@ -48,6 +51,7 @@ def restore(trainer) -> None:
     path, state = found
     if ckpt.is_upstream_resume(state):
         state = ckpt.from_upstream(path, state, t.raw_model, t.optimizer, t.batches, t.accum, t.dist.world_size)
+    check_resume(state, split_key(t.batches.indices), path)  # the same samples held out
     changes: Dict[str, Any] = {}
 
     def check(s: Dict[str, Any]) -> None:
@@ -57,6 +61,8 @@ def restore(trainer) -> None:
 
     ckpt.restore(state, path, model=t.raw_model, optimizer=t.optimizer, scaler=t.scaler, progress=t.progress,
                  metrics=t.metrics, dist=t.dist, batch_size=t.batches.batch_size, check=check)
+    if t.evaluator:
+        t.evaluator.load_state_dict(state.get("eval"))
     t.last_saved_step = t.progress.step
     t.resumed_from = str(path)
     t.dist.barrier()  # every rank has read its checkpoint before rank 0 moves files

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from minimind.runlock import LOCK_NAME
+
 # run folders created by this process, with the first ancestor that already existed
 _CREATED: dict = {}
 _HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
@@ -130,7 +132,7 @@ def _only_hydra_files(run_dir: Path, log_name: str) -> bool:
         if entry.name == ".hydra" and entry.is_dir():
             if any(f.name not in _HYDRA_FILES or not f.is_file() for f in entry.iterdir()):
                 return False
-        elif not (entry.name == log_name and entry.is_file()):
+        elif not (entry.name in (log_name, LOCK_NAME) and entry.is_file()):
             return False
     return True
 

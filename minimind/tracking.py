@@ -1,5 +1,8 @@
 """Where metrics go: the console line, a progress bar, metrics.jsonl, events.jsonl, wandb.
 
+Evaluations (:mod:`minimind.evaluate`) go to the same places as rows of their own: an ``Eval:``
+console line, a ``{"kind": "eval", ...}`` row in metrics.jsonl (training rows have no ``kind``),
+``val_*`` values in wandb, and their generated answers in samples.jsonl and a wandb table.
 Only rank 0 writes. Nothing here touches a tensor: the loop hands over plain numbers, read
 from the device once per log interval. The terminal's pieces (prefix, bar, notes) are in
 :mod:`minimind.console`, the wandb run in :mod:`minimind.wandb_run`; metrics.jsonl gets every
@@ -56,6 +59,18 @@ def console_line(m: Dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def eval_line(m: Dict[str, Any]) -> str:
+    """``Eval:(step/total) val_loss ppl`` and the objective's held-out metrics."""
+    parts = [f"Eval:({m['step']}/{m['total_steps']})", f"val_loss:{m['val_loss']:.4f}"]
+    if m.get("val_ppl") is not None:
+        parts.append(f"ppl:{m['val_ppl']:.3f}")
+    skip = {"val_loss", "val_ppl", "val_samples", "val_units", "best_val_loss", "best_val_step"}
+    parts += [f"{k}:{v:.4f}" for k, v in m.items() if k.startswith("val_") and k not in skip]
+    parts += [f"best:{m['best_val_loss']:.4f}@{m['best_val_step']}", f"samples:{m['val_samples']}",
+              f"time:{m['eval_s']:.1f}s"]
+    return " ".join(parts)
+
+
 class Tracker:
     """The ``logger`` node's target."""
 
@@ -75,6 +90,7 @@ class Tracker:
         self.overrides: List[str] = list(overrides or [])
         self._run = None  # a minimind.wandb_run.WandbRun
         self._bar: Optional[ProgressBar] = None
+        self._samples: List[list] = []  # every evaluation's answers, for the wandb table
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,6 +144,32 @@ class Tracker:
                 f.write(json.dumps(metrics) + "\n")
         if self._run is not None:
             self._run.log(metrics)  # the metrics; the counters stay in metrics.jsonl
+
+    def log_eval(self, row: Dict[str, Any], samples: List[Dict[str, Any]]) -> None:
+        """One evaluation: its row (metrics.jsonl, wandb, the console) and its generated answers
+        (samples.jsonl, a wandb table of all of them so far; the console shows the first)."""
+        if not self.is_main:
+            return
+        if self.console:
+            if self._bar is not None:
+                self._bar.clear()
+            log.info(eval_line(row))
+            if samples:
+                log.info("  sample: %r -> %r", samples[0]["prompt"], samples[0]["answer"])
+            if self._bar is not None:
+                self._bar.refresh()
+        for path, rows in ((self.metrics_path, [row]), (self.run_dir / "samples.jsonl", samples)):
+            if path is not None and rows:
+                with open(path, "a") as f:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        if self._run is not None:
+            values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+            if samples:
+                import wandb
+
+                self._samples += [[s["step"], s["prompt"], s["answer"]] for s in samples]
+                values["samples"] = wandb.Table(columns=["step", "prompt", "answer"], data=list(self._samples))
+            self._run.log(values, step=row["step"])
 
     def event(self, name: str, **fields: Any) -> None:
         """A line in events.jsonl: start, resume, checkpoint, interrupted, completed, failed."""

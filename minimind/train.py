@@ -9,7 +9,7 @@
     optim      = instantiate(cfg.optim, model)             AdamW over the trainable params, schedule
     tracker    = instantiate(cfg.logger)                   console, metrics.jsonl, wandb
     trainer    = instantiate(cfg.loop, parts...)           owns the step; resumes if it can
-    return trainer.fit()                                   final loss, for sweepers
+    return trainer.fit()                                   val loss (or final loss), for sweepers
 
 The tracker is closed and the process group destroyed on every exit path. Rank 0 holds the
 run folder's lock (:mod:`minimind.runlock`) for the whole job: one process per run folder.
@@ -80,6 +80,9 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
                           f"{line} object per line)")
     if path.stat().st_size == 0:
         raise ConfigError(f"data.path={d.path!r} is empty: expected one JSON object per line")
+    if d.val_path is not None and not Path(d.val_path).is_file():
+        raise ConfigError(f"data.val_path={d.val_path!r}: no such file (expected held-out data in the format "
+                          f"of data.path: one {line} object per line)")
     if d.tokenizer is not None:
         tok = Path(d.tokenizer)
         if not (tok.is_dir() and (tok / "tokenizer.json").is_file()) and not (
@@ -134,7 +137,9 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
     import torch
     from hydra.utils import instantiate
 
+    from minimind.data import holdout
     from minimind.data.loader import Batches, dataset_kwargs
+    from minimind.evaluate import Evaluator, held_out
     from minimind.model import model_summary
     from minimind.precision import build_precision
 
@@ -163,9 +168,16 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
                 f"{tokenizer.vocab_size} or null (take the tokenizer's)")
         log.info("data: %s (%s, %d samples, max_length %d)", cfg.data.path, cfg.data.kind,
                  len(dataset), cfg.data.max_length)
+        # held-out data (data.val_size / data.val_path) is read now: a bad file fails before the model
+        split = holdout.split(len(dataset), cfg.data.val_size, cfg.seed)
+        heldout = held_out(cfg, data_values, split)
+        if heldout is not None:
+            log.info("held out: %d samples (%s)", len(heldout.indices if heldout.indices is not None
+                                                      else heldout.dataset), heldout.source)
         batches = Batches(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                           shuffle=cfg.data.shuffle, seed=cfg.seed, trim_padding=cfg.data.trim_padding,
-                          rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda")
+                          rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda",
+                          indices=split.train)
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = instantiate(cfg.model).to(device)
@@ -178,10 +190,14 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
         tracker = instantiate(cfg.logger, _partial_=True, _convert_="all")(
             run_dir=str(run_dir), is_main=dist.is_main, config=config, group=sweep_name(),
             overrides=overrides_of())
+        evaluator = heldout and Evaluator(
+            heldout, objective=objective, dist=dist, batch_size=cfg.data.batch_size,
+            num_workers=cfg.data.num_workers, trim_padding=cfg.data.trim_padding,
+            autocast=precision.autocast, tracker=tracker, chat=str(cfg.data.kind) != "pretrain")
         # _partial_: the YAML's keys now, the built parts (which are not configs) in the call
         return instantiate(cfg.loop, _partial_=True, _convert_="all")(
             model=model, objective=objective, optimization=optimization, precision=precision,
-            batches=batches, dist=dist, tracker=tracker, run_dir=str(run_dir), config=config)
+            batches=batches, dist=dist, tracker=tracker, run_dir=str(run_dir), config=config, evaluator=evaluator)
     except BaseException:
         dist.destroy()
         raise
@@ -205,8 +221,8 @@ def build_and_fit(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             log.info("run folder: %s", display_path(run_dir))
             if not env.in_submitit_job():  # a kill (OOM, reboot) prints nothing: say it now
                 log.info("if it stops, continue it with: %s", continue_command(run_dir))
-        final = trainer.fit()
-        summary = dict(trainer.summary, final_loss=final, weights=trainer.weights_paths)
+        result = trainer.fit()  # the last val loss when evaluating, else the last training loss
+        summary = dict(trainer.summary, result=result, weights=trainer.weights_paths)
         if trainer.dist.is_main:
             _write_summary(run_dir, cfg, summary, trainer.tracker, trainer.raw_model)
             _say_where(run_dir, summary)
@@ -313,7 +329,9 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
 
 
 def run(cfg: DictConfig) -> float:
-    """The task function's body (tests call this): train and return the final loss."""
+    """The task function's body (tests call this): train and return what sweeps optimise: the
+    final val loss when the run evaluates held-out data, else the final training loss
+    (summary.json's ``result_metric`` says which)."""
     run_dir = run_dir_of()
     lock = RunLock(run_dir) if env.rank() == 0 else None
     if lock is not None:
@@ -331,7 +349,7 @@ def run(cfg: DictConfig) -> float:
     finally:
         if lock is not None:
             lock.release()
-    return summary["final_loss"]
+    return summary["result"]
 
 
 def run_cli(cfg: DictConfig) -> Optional[float]:

@@ -4,14 +4,16 @@
 is :class:`~minimind.data.sampler.ShardedBatchSampler`'s (a pure function of seed, epoch, rank,
 world size and the samples already done), so a resumed run continues at the same sample.
 Padding is trimmed while the batch is collated, in the loader (its workers, if any), on the
-host: the step never pays for it.
+host: the step never pays for it. ``indices`` (when samples are held out for evaluation,
+:mod:`minimind.data.holdout`) are the dataset indices this run trains on; the order is drawn over
+them, and without them over the whole dataset, exactly as before hold-outs existed.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch.utils.data import DataLoader, default_collate
@@ -68,19 +70,21 @@ class Batches:
     """Micro-batches of one rank: ``loader(sampler(epoch, start))`` yields them in order."""
 
     def __init__(self, dataset, *, batch_size: int, num_workers: int, shuffle: bool, seed: int,
-                 trim_padding: bool, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+                 trim_padding: bool, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                 indices: Optional[torch.Tensor] = None):
         self.dataset = dataset
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.shuffle, self.seed, self.trim = bool(shuffle), int(seed), bool(trim_padding)
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
+        self.indices = indices  # the training samples; None: every sample of the dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) if self.indices is None else len(self.indices)
 
     def sampler(self, epoch: int, start: int = 0) -> ShardedBatchSampler:
         """This rank's batches of ``epoch``, ``start`` samples (all ranks) into it."""
-        return ShardedBatchSampler(len(self.dataset), self.batch_size, self.world_size, self.rank,
-                                   self.seed, epoch, self.shuffle, start)
+        return ShardedBatchSampler(len(self), self.batch_size, self.world_size, self.rank,
+                                   self.seed, epoch, self.shuffle, start, index_map=self.indices)
 
     def batches_left(self, epoch: int, start: int = 0) -> int:
         return len(self.sampler(epoch, start))
@@ -96,7 +100,10 @@ class Batches:
             self.dataset.set_epoch(sampler.epoch)  # workers copy the dataset at iter() time
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=TrimmingCollate() if self.trim else None,
-                          pin_memory=self.pin_memory, persistent_workers=False)
+                          pin_memory=self.pin_memory, persistent_workers=False,
+                          # the iterator's base seed from a generator of its own: from the global RNG
+                          # it would shift the dropout stream by one draw at each resume
+                          generator=torch.Generator())
 
     def stats(self) -> Dict[str, Any]:
         return self.dataset.stats() if hasattr(self.dataset, "stats") else {}

@@ -7,12 +7,14 @@ sees, step for step (what makes the 2-rank vs 1-rank equivalence testable), and 
 stopped after ``start`` samples of an epoch resumes at sample ``start``, also with another
 world size. The tail that cannot be split evenly across ranks (fewer than W samples) is
 dropped, like DistributedSampler(drop_last=True) does, so every rank runs the same number of
-batches and no collective waits forever.
+batches and no collective waits forever. With an ``index_map`` (samples held out for
+evaluation, :mod:`minimind.data.holdout`) the permutation orders the positions of the map and
+each batch names the dataset indices at those positions.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 
@@ -29,12 +31,14 @@ class ShardedBatchSampler:
     """Batches of dataset indices for one rank, starting ``start`` samples into the epoch."""
 
     def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 42, epoch: int = 0, shuffle: bool = True, start: int = 0):
+                 seed: int = 42, epoch: int = 0, shuffle: bool = True, start: int = 0,
+                 index_map: Optional[torch.Tensor] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.num_samples, self.batch_size = num_samples, batch_size
         self.world_size, self.rank = world_size, rank
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        self.index_map = index_map  # position -> dataset index; None: the identity
         self.start = min(start, num_samples)
         remaining = num_samples - self.start
         self.usable = remaining - remaining % world_size  # samples this epoch still uses, all ranks
@@ -51,6 +55,8 @@ class ShardedBatchSampler:
     def __iter__(self) -> Iterator[List[int]]:
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch, self.shuffle)
         order = perm[self.start:self.start + self.usable]
+        if self.index_map is not None:
+            order = self.index_map[order]
         b, w = self.batch_size, self.world_size
         for j in range(self._num_batches):
             block = order[j * b * w:(j + 1) * b * w]

@@ -7,8 +7,9 @@
 
 One row per job (ordered by job number): the swept overrides, the status (completed, failed,
 running, interrupted, pending; ``(requeued Nx)`` when SLURM restarted it), final and best loss,
-optimizer steps, tokens/s, skipped (overflow) steps, grad-norm median and max, wall time and,
-for a failed job, the last line of its error. The table goes to stdout, the same rows to
+the last and best held-out val loss (jobs that evaluate; also dots in the curves), optimizer
+steps, tokens/s, skipped (overflow) steps, grad-norm median and max, wall time and, for a failed
+job, the last line of its error. The table goes to stdout, the same rows to
 ``<sweep dir>/report.csv`` and the loss curves to ``<sweep dir>/report.png`` (one colour per
 ``--color-by`` value, one panel per ``--split-by`` value).
 

@@ -1,7 +1,8 @@
 """One job's row: its status and numbers, from the files it wrote and what submitit kept.
 
 A job writes ``events.jsonl`` (one event per start / resume / checkpoint / end), ``metrics.jsonl``
-(one line per log interval) and ``summary.json`` (at the end of each attempt). After requeues they
+(one line per log interval, and a ``{"kind": "eval", ...}`` line per evaluation of held-out data)
+and ``summary.json`` (at the end of each attempt). After requeues they
 hold several attempts, and a killed attempt leaves no terminal event: the events decide the
 state, a summary newer than the last start tells how that attempt ended, and submitit's result
 or log fills in a job that never got as far as writing.
@@ -50,11 +51,13 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
             sub: Optional[SubmititJob]) -> Dict[str, Any]:
     """Job ``num``'s row (the keys :func:`minimind.report.collect` lists) from what it wrote in
     ``job_dir`` (either may be missing) and what submitit kept about it (``sub``)."""
-    events = metrics = []
+    events = metrics = evals = []
     summary = None
     if job_dir is not None:
         events = read_jsonl(job_dir / "events.jsonl")
         metrics = read_jsonl(job_dir / "metrics.jsonl")
+        evals = [m for m in metrics if m.get("kind") == "eval"]
+        metrics = [m for m in metrics if "kind" not in m]  # the training rows
         summary = read_json(job_dir / "summary.json")
         on_disk = job_dir / ".hydra" / "overrides.yaml"
         if on_disk.is_file():
@@ -103,6 +106,9 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
         return v if v is not None else number(last.get(metrics_key))
 
     final_loss = number(last.get("loss")) if metrics else number((summary or {}).get("final_loss"))
+    val_curve = _curve(evals, "val_loss")
+    val_loss = val_curve[-1][1] if val_curve else number((summary or {}).get("val_loss"))
+    best_val = min(val_curve, key=lambda p: p[1]) if val_curve else None
     best_loss = min(losses) if losses else number((summary or {}).get("best_loss"))
     steps = pick("optimizer_steps", "step")
     skipped = pick("skipped_steps", "skipped")
@@ -117,6 +123,9 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
         "requeues": requeues,
         "final_loss": final_loss,
         "best_loss": best_loss,
+        "val_loss": val_loss,
+        "best_val_loss": best_val[1] if best_val else number((summary or {}).get("best_val_loss")),
+        "best_val_step": int(best_val[0]) if best_val else number((summary or {}).get("best_val_step")),
         "optimizer_steps": int(steps) if steps is not None else None,
         "tokens_per_s": pick("tokens_per_s", "tokens_per_s"),
         "skipped_steps": int(skipped) if skipped is not None else None,
@@ -130,15 +139,17 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
         "job_dir": str(job_dir) if job_dir is not None else None,
         "submitit_job_id": sub.job_id if sub is not None else None,
         "curve": _curve(metrics),
+        "val_curve": val_curve,
     }
     return row
 
 
-def _curve(metrics: List[Dict[str, Any]]) -> List[Tuple[float, float]]:
-    """(step, loss), one point per step: after a requeue the rerun steps replace the old ones."""
+def _curve(metrics: List[Dict[str, Any]], key: str = "loss") -> List[Tuple[float, float]]:
+    """(step, value of ``key``), one point per step: after a requeue the rerun steps replace the
+    old ones."""
     points: Dict[float, float] = {}
     for m in metrics:
-        step, loss = number(m.get("step")), number(m.get("loss"))
+        step, loss = number(m.get("step")), number(m.get(key))
         if step is not None and loss is not None:
             points[step] = loss
     return sorted(points.items())

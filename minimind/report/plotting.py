@@ -1,5 +1,8 @@
 """Loss curves of a sweep's jobs in one PNG (matplotlib, loaded on the first call).
 
+Training loss as lines; a job that evaluated held-out data also gets its val loss as dots on a
+dashed line of the same colour.
+
 One colour per value of ``color_by`` and one panel per value of ``split_by`` (by default the
 grad-clip x accumulation sweep the project is for); a key that was not an override is looked up
 in the job's composed config.
@@ -81,7 +84,7 @@ def plot(rows: Sequence[Dict[str, Any]], path: Any, color_by: Optional[str] = DE
                for i, v in enumerate(color_values)}
     styles = {"completed": "-", "failed": "--", "running": ":", "interrupted": ":", "pending": ":"}
     for ax, split in zip(axes.flat, split_values):
-        plotted, missing = set(), []
+        plotted, missing, has_val = set(), [], False
         for r in rows:
             if splits[id(r)] != split:
                 continue
@@ -101,10 +104,16 @@ def plot(rows: Sequence[Dict[str, Any]], path: Any, color_by: Optional[str] = DE
                     label=label)
             if r.get("state") == "failed":
                 ax.plot(xs[-1], ys[-1], "x", color=palette[c], ms=7)
+            if r.get("val_curve"):  # held-out loss: dots joined by a thin dashed line, same colour
+                vx, vy = zip(*r["val_curve"])
+                ax.plot(vx, vy, "o--", color=palette[c], lw=0.8, ms=3.5, alpha=0.9)
+                has_val = True
         if len(split_values) > 1 or split is not None:
             ax.set_title(f"{split_name}={split}")
         ax.set_xlabel("optimizer step")
         ax.grid(True, alpha=0.3)
+        if has_val:  # one legend entry that says what the dots are
+            ax.plot([], [], "o--", color="0.4", lw=0.8, ms=3.5, label="val loss (held out)")
         if plotted:
             ax.legend(fontsize=8, loc="upper right")
         if missing:

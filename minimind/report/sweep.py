@@ -74,10 +74,11 @@ def collect(sweep_dir: Any) -> List[Dict[str, Any]]:
     """One dict per job of the sweep, ordered by job number.
 
     Keys: job, overrides (compact swept keys), status, state (status without the requeue note),
-    requeues, final_loss, best_loss, optimizer_steps, tokens_per_s, skipped_steps,
+    requeues, final_loss, best_loss, val_loss, best_val_loss, best_val_step (held-out evaluation),
+    optimizer_steps, tokens_per_s, skipped_steps,
     grad_norm_median, grad_norm_max, wall_time_s, error, all_overrides (list), params (every
     override, key -> value), swept (swept key -> value), job_dir, submitit_job_id, curve
-    ([(step, loss)]). Numbers are None when unknown. Raises :class:`SweepError`.
+    ([(step, loss)]), val_curve ([(step, val_loss)]). Numbers are None when unknown. Raises :class:`SweepError`.
     """
     sweep = Path(sweep_dir)
     _check_sweep_dir(sweep)

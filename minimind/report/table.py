@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 # the CSV columns, in order (the swept keys are inserted after "overrides")
-CSV_FIELDS = ["job", "overrides", "status", "requeues", "final_loss", "best_loss", "optimizer_steps",
+CSV_FIELDS = ["job", "overrides", "status", "requeues", "final_loss", "best_loss", "val_loss", "best_val_loss",
+              "best_val_step", "optimizer_steps",
               "tokens_per_s", "skipped_steps", "grad_norm_median", "grad_norm_max", "wall_time_s",
               "error", "all_overrides", "job_dir", "submitit_job_id"]
 
@@ -44,6 +45,8 @@ _TABLE = [  # header, row -> text, right-aligned
     ("status", lambda r: r["status"], False),
     ("final loss", lambda r: _fmt_float(r["final_loss"]), True),
     ("best loss", lambda r: _fmt_float(r["best_loss"]), True),
+    ("val loss", lambda r: _fmt_float(r.get("val_loss")), True),
+    ("best val", lambda r: _fmt_float(r.get("best_val_loss")), True),
     ("steps", lambda r: _fmt_int(r["optimizer_steps"]), True),
     ("tok/s", lambda r: _fmt_int(r["tokens_per_s"]), True),
     ("skipped", lambda r: _fmt_int(r["skipped_steps"]), True),
@@ -59,14 +62,17 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """The rows as an aligned plain-text table, with a status count line at the end."""
-    cells = [[fn(r) for _, fn, _ in _TABLE] for r in rows]
-    headers = [h for h, _, _ in _TABLE]
+    """The rows as an aligned plain-text table, with a status count line at the end. The val
+    columns appear when some job evaluated held-out data."""
+    evaluated = any(r.get("val_loss") is not None for r in rows)
+    columns = [c for c in _TABLE if evaluated or c[0] not in ("val loss", "best val")]
+    cells = [[fn(r) for _, fn, _ in columns] for r in rows]
+    headers = [h for h, _, _ in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if right else v.ljust(w)
-                 for v, w, (_, _, right) in zip(values, widths, _TABLE)]
+                 for v, w, (_, _, right) in zip(values, widths, columns)]
         return "  ".join(parts).rstrip()
 
     out = [line(headers), "  ".join("-" * w for w in widths)]
