@@ -41,6 +41,7 @@ def console_line(m: Dict[str, Any]) -> str:
         f"scale:{scale}",
         f"skipped:{m['skipped']}",
         f"tok/s:{m['tokens_per_s']:.0f}",
+        *([f"loss_tok/s:{m['loss_tokens_per_s']:.0f}"] if "loss_tokens_per_s" in m else []),
         f"elapsed:{_fmt_duration(m['elapsed_s'])}",
         f"ETA:{_fmt_duration(m['eta_s'])}",
     ]
