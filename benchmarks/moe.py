@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from step import compose_config, make_windows
 
     import minimind.model as mm
+    from minimind import moe
     from minimind.train import build_trainer
 
     if args.threads:
@@ -106,12 +107,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             for r in range(args.rounds):
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     times[name].append(steps(name, args.steps))
-            strategy = None
-            moe_layer = trainer.raw_model.model.layers[0].mlp
-            x = torch.zeros(1, cfg.model.hidden_size, device=device)
-            from minimind import moe
-
-            strategy = moe.strategy(x, moe_layer.experts)
+            # what the model picks by itself on this device (outside autocast: fp32's choice)
+            strategy = moe.strategy(torch.zeros(1, cfg.model.hidden_size, device=device),
+                                    trainer.raw_model.model.layers[0].mlp.experts)
         finally:
             mm.dispatch = original
             trainer.dist.destroy()
