@@ -41,23 +41,23 @@ import torch
 import torch.nn.functional as F
 
 _HALF = (torch.float16, torch.bfloat16)
-_VARLEN_DEVICES: dict = {}  # device index -> bool: sm80+ (flash attention); filled on first use
 
 
-def varlen_kernel():
-    """``varlen_attn`` where this torch build has it, else None."""
+def _find_varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # older torch
+    except ImportError:  # torch before varlen_attn
         return None
     return varlen_attn
 
 
+# looked up once at import, so the forward (possibly under torch.compile) reads a plain global
+VARLEN_ATTN = _find_varlen()
+
+
 def _varlen_device_ok(device: torch.device) -> bool:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _VARLEN_DEVICES:
-        _VARLEN_DEVICES[index] = torch.cuda.get_device_capability(index) >= (8, 0)
-    return _VARLEN_DEVICES[index]
+    """Flash attention's requirement: compute capability 8.0 or newer."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class Documents:
 
     def backend(self, q: torch.Tensor, dropout_p: float) -> str:
         if (q.is_cuda and self.cu_seqlens is not None and q.dtype in _HALF and dropout_p == 0.0
-                and varlen_kernel() is not None and _varlen_device_ok(q.device)):
+                and VARLEN_ATTN is not None and _varlen_device_ok(q.device)):
             return "varlen"
         return "sdpa"
 
@@ -109,7 +109,7 @@ class Documents:
         bsz, seq_len, n_heads, head_dim = q.shape
         if sdpa and self.backend(q, dropout_p) == "varlen":
             flat = bsz * seq_len
-            out = varlen_kernel()(q.reshape(flat, n_heads, head_dim), k.reshape(flat, -1, head_dim),
+            out = VARLEN_ATTN(q.reshape(flat, n_heads, head_dim), k.reshape(flat, -1, head_dim),
                                   v.reshape(flat, -1, head_dim), self.cu_seqlens, self.cu_seqlens,
                                   seq_len, seq_len, window_size=(-1, 0), enable_gqa=n_rep > 1)
             return out.view(bsz, seq_len, n_heads, head_dim).transpose(1, 2)

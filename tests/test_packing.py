@@ -10,6 +10,7 @@ run ending bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import random
@@ -195,12 +196,14 @@ def test_the_varlen_path_computes_what_the_mask_path_computes(monkeypatch):
     model = model_of("dense").eval()
     ref = model(p["input_ids"], position_ids=p["position_ids"], cu_seqlens=p["cu_seqlens"]).logits
     calls = []
-    monkeypatch.setattr(attention, "varlen_kernel", lambda: lambda *a, **k: calls.append(1) or
-                        reference_varlen(*a, **k))
+    monkeypatch.setattr(attention, "VARLEN_ATTN", lambda *a, **k: calls.append((a, k)) or reference_varlen(*a, **k))
     monkeypatch.setattr(attention.Documents, "backend", lambda self, q, dropout_p: "varlen")
     got = model(p["input_ids"], position_ids=p["position_ids"], cu_seqlens=p["cu_seqlens"]).logits
     assert len(calls) == TINY["num_hidden_layers"]
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    real = attention._find_varlen()
+    if real is not None:  # the call also fits the real kernel's signature
+        inspect.signature(real).bind(*calls[0][0], **calls[0][1])
 
 
 def test_backend_choice_per_device():
