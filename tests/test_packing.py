@@ -312,3 +312,19 @@ def test_a_packed_run_resumes_bit_exactly_after_sigkills(tmp_path):
 def test_packing_is_off_by_default(cfg_factory):
     for data in ("demo", "pretrain", "sft"):
         assert cfg_factory([f"data={data}"], fast=False).data.packing is False
+
+
+@pytest.mark.slow
+def test_two_packed_ranks_equal_one_unpacked_rank_with_twice_the_batch(tmp_path):
+    """DDP: each rank packs its own share; the run ends where an unpacked single process ends."""
+    from test_ddp import RUN as DDP_RUN
+    from test_ddp import final_model, torchrun
+
+    r = torchrun(DDP_RUN + ["dist=ddp", "data.batch_size=2", "data.packing=true", f"hydra.run.dir={tmp_path}/two"],
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_launch(DDP_RUN + ["data.batch_size=4", f"hydra.run.dir={tmp_path}/one"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one, two = final_model(tmp_path / "one")["model"], final_model(tmp_path / "two")["model"]
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
