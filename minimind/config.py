@@ -157,6 +157,9 @@ class DataConfig:
                                                    "the expected keys")
     trim_padding: bool = knob(True, "drop each micro-batch's all-padding tail before the forward (same "
                                     "loss and gradients, less compute)")
+    packing: bool = knob(False, "pack each micro-batch's samples into as few rows of max_length as they "
+                                "need, attention kept within each sample (same loss and gradients, "
+                                "less padding); raise batch_size with it")
     pretokenize: bool = knob(False, "tokenize once into a uint16 memmap cache; then 0 workers feed a GPU")
     cache_dir: Optional[str] = knob(None, "index / token caches; null: next to the file, else "
                                           "~/.cache/minimind")

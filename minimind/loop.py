@@ -167,6 +167,8 @@ class Trainer:
         self.last_saved_step, self._interval_tokens = -1, 0
         self.nonfinite = NonFinite(max_nan_skips, metrics=self.metrics, checkpoints=self.checkpoints, dist=dist,
                                    progress=self.progress)  # loop.on_nan: stop or skip
+        self._run_units = 0  # loss units (supervised tokens, pairs) of this run's logged steps, all ranks
+        self.units_key = f"loss_{objective.unit}s_per_s"  # loss_tokens_per_s for objective=lm
         self.history: List[Dict[str, Any]] = []
         self.summary: Dict[str, Any] = {}
         self.truncation, self.clock = TruncationNote(batches, is_main=dist.is_main), RunClock(self.progress)
@@ -216,6 +218,10 @@ class Trainer:
             "elapsed_s": self.clock.read(now), "eta_s": per_step * (total_steps - p.step),
             "samples_in_epoch": p.samples_in_epoch,
         }
+        # what the step is for: supervised tokens per second (padding and prompts excluded)
+        units = read.pop("units")
+        self._run_units += units
+        metrics[self.units_key] = units / max(now - interval_t0, 1e-9)
         aux = read.pop("aux_loss")
         if self.is_moe:
             metrics["aux_loss"] = aux
@@ -346,6 +352,7 @@ class Trainer:
             "status": status, "final_loss": p.final_loss, "best_loss": p.best_loss, "optimizer_steps": p.step,
             "epochs": self.epochs, "tokens": p.tokens, "wall_time_s": wall,
             "tokens_per_s": (p.tokens - tokens_at_start) / max(wall, 1e-9),
+            self.units_key: self._run_units / max(wall, 1e-9),
             "skipped_steps": (self.history[-1]["skipped"] if self.history else 0),
             "resumed_from": self.resumed_from, "world_size": self.dist.world_size,
         }

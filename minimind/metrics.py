@@ -86,6 +86,7 @@ class StepMetrics:
 
         ``loss``: the last window's true mean (its summed loss over its units, all ranks);
         ``loss_avg`` and every objective metric: the mean over the interval's units.
+        ``units``: how many units (supervised tokens, pairs) the interval's steps had.
         """
         last = self.last
         names: List[str] = sorted(self.interval_extras)
@@ -102,6 +103,7 @@ class StepMetrics:
             "loss_avg": got[2] / max(interval_n, 1.0),
             "grad_norm": float(last.grad_norm.item()),
             "skipped": int(self.skipped.item()),
+            "units": int(interval_n),  # the interval's units (loss tokens, pairs), all ranks
         }
         out.update({n: got[3 + i] / max(interval_n, 1.0) for i, n in enumerate(names)})
         self.interval_loss.zero_()

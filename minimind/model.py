@@ -11,7 +11,10 @@ nanoGPT's model.py it reads top to bottom in one sitting, and every piece is ups
 
 Reading order: RMSNorm, RoPE, Attention, FeedForward / MoEFeedForward, Block, MiniMindModel,
 MiniMindForCausalLM (forward, loss, generate), then building and parameter counting. Weight
-files (upstream's .pth, safetensors) are read and written by :mod:`minimind.weights`.
+files (upstream's .pth, safetensors) are read and written by :mod:`minimind.weights`. Two helpers
+live beside it so this file stays readable: :mod:`minimind.attention` (packed rows: the
+block-diagonal causal attention behind ``position_ids``) and :mod:`minimind.moe` (sending tokens
+to their experts without a host sync).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minimind.attention import Documents, repeat_kv
 from minimind.model_config import MiniMindConfig
+from minimind.moe import dispatch
 
 # per layer: (keys, values), each (B, T, kv_heads, head_dim), before repeat_kv (as upstream)
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -95,19 +100,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """q, k: (B, T, heads, head_dim); cos, sin: (T, head_dim). Result in q's dtype."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+    """q, k: (B, T, heads, head_dim); cos, sin: (T, head_dim), or (B, T, head_dim) when gathered
+    at position ids (packed rows). Result in q's dtype."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     q_out = (q * cos + rotate_half(q) * sin).to(q.dtype)
     k_out = (k * cos + rotate_half(k) * sin).to(k.dtype)
     return q_out, k_out
-
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, T, kv_heads, D) -> (B, T, kv_heads * n_rep, D): each k/v head serves n_rep query heads."""
-    if n_rep == 1:
-        return x
-    b, t, kv_heads, d = x.shape
-    return x[:, :, :, None, :].expand(b, t, kv_heads, n_rep, d).reshape(b, t, kv_heads * n_rep, d)
 
 
 class Attention(nn.Module):
@@ -132,7 +130,7 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.flash = config.flash_attn
 
-    def forward(self, x, cos, sin, past_kv=None, use_cache=False, attention_mask=None):
+    def forward(self, x, cos, sin, past_kv=None, use_cache=False, attention_mask=None, documents=None):
         bsz, seq_len, _ = x.shape
         q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim)
@@ -144,11 +142,15 @@ class Attention(nn.Module):
             k = torch.cat([past_kv[0], k], dim=1)
             v = torch.cat([past_kv[1], v], dim=1)
         present = (k, v) if use_cache else None
+        dropout_p = self.dropout if self.training else 0.0
+        if documents is not None:  # packed rows: block-diagonal causal attention (minimind.attention)
+            out = documents.attend(q, k, v, n_rep=self.n_rep, dropout_p=dropout_p, sdpa=self.flash)
+            out = out.transpose(1, 2).reshape(bsz, seq_len, -1)
+            return self.resid_dropout(self.o_proj(out)), present
 
         q = q.transpose(1, 2)  # (B, heads, T, D)
         k = repeat_kv(k, self.n_rep).transpose(1, 2)
         v = repeat_kv(v, self.n_rep).transpose(1, 2)
-        dropout_p = self.dropout if self.training else 0.0
 
         # SDPA where its masking is exact: a full causal prefix, or one new token against the cache
         # (which may see every key). Prefill on top of a cache, or padding, needs explicit masks.
@@ -224,14 +226,8 @@ class MoEFeedForward(nn.Module):
         if self.renormalize:
             topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
 
-        y = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            token_idx, slot = torch.where(topk_idx == e)
-            # Run the expert even on an empty slice: its parameters then get (zero) gradients, so
-            # DDP, which waits for a gradient of every parameter, does not hang on an idle expert.
-            out = expert(flat[token_idx]) * topk_weight[token_idx, slot].unsqueeze(-1)
-            y.index_add_(0, token_idx, out.to(y.dtype))
-        y = y.view(bsz, seq_len, hidden)
+        # every expert on its tokens without a host sync; every expert gets a gradient (minimind.moe)
+        y = dispatch(flat, topk_idx, topk_weight, self.experts).view(bsz, seq_len, hidden)
         if self.shared_experts is not None:
             for expert in self.shared_experts:
                 y = y + expert(x)
@@ -246,7 +242,9 @@ class MoEFeedForward(nn.Module):
             counts.scatter_add_(1, topk_idx.view(bsz, -1), torch.ones(bsz, seq_len * k, device=scores.device))
             load = counts / (seq_len * k / n_exp)
             return (load * scores.view(bsz, seq_len, n_exp).mean(dim=1)).sum(dim=1).mean() * self.alpha
-        counts = F.one_hot(topk_idx.reshape(-1), n_exp).float().sum(0)
+        # scatter_add, not one_hot: one_hot checks its input's range with a host read on CPU
+        counts = torch.zeros(n_exp, device=scores.device).scatter_add_(
+            0, topk_idx.reshape(-1), torch.ones(topk_idx.numel(), device=scores.device))
         if self.family == "minimind2":
             load = counts / (n_tokens * k) * n_exp
         else:
@@ -262,9 +260,9 @@ class MiniMindBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MoEFeedForward(config) if config.use_moe else FeedForward(config)
 
-    def forward(self, h, cos, sin, past_kv=None, use_cache=False, attention_mask=None):
+    def forward(self, h, cos, sin, past_kv=None, use_cache=False, attention_mask=None, documents=None):
         attn_out, present = self.self_attn(self.input_layernorm(h), cos, sin, past_kv, use_cache,
-                                           attention_mask)
+                                           attention_mask, documents)
         h = h + attn_out
         if isinstance(self.mlp, MoEFeedForward):
             mlp_out, aux = self.mlp(self.post_attention_layernorm(h))
@@ -287,7 +285,8 @@ class MiniMindModel(nn.Module):
         self.register_buffer("freqs_cos", cos, persistent=False)
         self.register_buffer("freqs_sin", sin, persistent=False)
 
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
+                position_ids=None, cu_seqlens=None):
         seq_len = input_ids.shape[1]
         past = past_key_values if past_key_values is not None else [None] * len(self.layers)
         start = past[0][0].shape[1] if past[0] is not None else 0
@@ -296,14 +295,22 @@ class MiniMindModel(nn.Module):
                              f"model.max_position_embeddings={self.freqs_cos.shape[0]}")
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: keep the fast SDPA path (one check per forward)
-        cos = self.freqs_cos[start:start + seq_len]
-        sin = self.freqs_sin[start:start + seq_len]
+        documents = None
+        if position_ids is not None:  # packed rows (data.packing): see minimind.attention
+            if past_key_values is not None or attention_mask is not None:
+                raise ValueError("position_ids (packed rows) cannot be combined with past_key_values "
+                                 "or attention_mask")
+            cos, sin = self.freqs_cos[position_ids], self.freqs_sin[position_ids]
+            documents = Documents(position_ids, cu_seqlens)
+        else:
+            cos = self.freqs_cos[start:start + seq_len]
+            sin = self.freqs_sin[start:start + seq_len]
 
         h = self.dropout(self.embed_tokens(input_ids))
         presents = []
         aux_loss = torch.zeros((), device=h.device)
         for layer, layer_past in zip(self.layers, past):
-            h, present, aux = layer(h, cos, sin, layer_past, use_cache, attention_mask)
+            h, present, aux = layer(h, cos, sin, layer_past, use_cache, attention_mask, documents)
             presents.append(present)
             if aux is not None:
                 aux_loss = aux_loss + aux
@@ -365,8 +372,14 @@ class MiniMindForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = False, logits_to_keep: int | slice = 0) -> CausalLMOutput:
-        h, presents, aux_loss = self.model(input_ids, attention_mask, past_key_values, use_cache)
+                use_cache: bool = False, logits_to_keep: int | slice = 0,
+                position_ids: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> CausalLMOutput:
+        """``position_ids`` (B, T) restarting at 0 at each sample: a packed micro-batch (several
+        samples per row, no token attending across samples; ``cu_seqlens``: their offsets in the
+        flattened rows, for the varlen kernel on CUDA). See :mod:`minimind.attention`."""
+        h, presents, aux_loss = self.model(input_ids, attention_mask, past_key_values, use_cache,
+                                           position_ids, cu_seqlens)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(h[:, keep, :])
         loss = causal_lm_loss(logits, labels) if labels is not None else None

@@ -107,8 +107,10 @@ class LanguageModeling(Objective):
 
     def __call__(self, model: torch.nn.Module, batch: Any) -> MicroBatchLoss:
         f = fields(batch)
+        # a packed micro-batch (data.packing) says where its samples are; see minimind.attention
+        packed = {k: f[k] for k in ("position_ids", "cu_seqlens") if k in f}
         with self.autocast():
-            out = model(f["input_ids"])
+            out = model(f["input_ids"], **packed)
         return MicroBatchLoss(loss=causal_lm_loss(out.logits, f["labels"], reduction="sum"),
                               aux=out.aux_loss if self.moe else None)
 

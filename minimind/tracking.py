@@ -42,7 +42,8 @@ def console_line(m: Dict[str, Any]) -> str:
     It must fit 120 columns with the console prefix (``[12:00:00] ``, 11): the demo's line is
     83 characters, a 5-digit-step fp16 line with skipped steps 109. So the loss scale shows only when fp16
     has one, the skipped steps only once there are some (summary.json and the report have both),
-    and the elapsed time is in metrics.jsonl, not here.
+    and the elapsed time is in metrics.jsonl, not here. ``tok/s:IN/LOSS`` is input tokens and
+    loss units (supervised tokens; pairs for DPO) per second.
     """
     parts = [
         f"Epoch:[{m['epoch']}/{m['epochs']}]({m['step']}/{m['total_steps']})",
@@ -55,7 +56,9 @@ def console_line(m: Dict[str, Any]) -> str:
         parts.append(f"scale:{m['scale']:.0f}")
     if m.get("skipped"):
         parts.append(f"skipped:{m['skipped']}")
-    parts += [f"tok/s:{_rate(m['tokens_per_s'])}", f"ETA:{fmt_duration(m['eta_s'])}"]
+    loss_rate = next((v for k, v in m.items() if k.startswith("loss_") and k.endswith("s_per_s")), None)
+    rate = _rate(m["tokens_per_s"]) + (f"/{_rate(loss_rate)}" if loss_rate is not None else "")
+    parts += [f"tok/s:{rate}", f"ETA:{fmt_duration(m['eta_s'])}"]  # input / loss tokens (or pairs) per s
     return " ".join(parts)
 
 

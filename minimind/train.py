@@ -177,7 +177,7 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
         batches = Batches(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                           shuffle=cfg.data.shuffle, seed=cfg.seed, trim_padding=cfg.data.trim_padding,
                           rank=dist.rank, world_size=dist.world_size, pin_memory=device.type == "cuda",
-                          indices=split.train)
+                          indices=split.train, packing=cfg.data.packing)
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = instantiate(cfg.model).to(device)

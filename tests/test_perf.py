@@ -111,9 +111,9 @@ def watch_train_steps(monkeypatch, trainer, windows) -> List[str]:
     """Run ``trainer.train_step`` on ``windows`` under the watch; returns the recorded reads."""
     watch = HostReadWatch(trainer.device)
     for window in windows:
-        for x, y in window:
-            _set_host(x, True)
-            _set_host(y, True)
+        for batch in window:  # (input_ids, labels), or a dict (a packed batch: + position_ids, cu_seqlens)
+            for t in (batch.values() if isinstance(batch, dict) else batch):
+                _set_host(t, True)
 
     with monkeypatch.context() as m:
         for name in HOST_READS:
@@ -166,6 +166,15 @@ def real_windows(trainer, count: int):
     pytest.param(["optim.grad_clip=null"], id="fp32-noclip"),
     pytest.param(["optim.loss_normalization=micro_batch", "optim.accumulation_steps=2"],
                  id="fp32-micro_batch"),
+    # MoE: the routed experts are dispatched without a per-expert torch.where (minimind/moe.py)
+    pytest.param(["model.use_moe=true"], id="moe-minimind2-top2"),
+    pytest.param(["model.use_moe=true", "model.family=minimind3", "model.qk_norm=true",
+                  "model.num_experts_per_tok=1", "model.n_shared_experts=0", "model.seq_aux=false",
+                  "model.aux_loss_alpha=5e-4", "optim.accumulation_steps=2"], id="moe-minimind3-top1"),
+    pytest.param(["model.use_moe=true", "precision=fp16"], id="moe-fp16"),
+    # packed rows: the mask is built from position ids on the device, no data-dependent op
+    pytest.param(["data.packing=true"], id="packing"),
+    pytest.param(["data.packing=true", "model.use_moe=true", "model.flash_attn=false"], id="packing-moe-noflash"),
 ])
 def test_train_step_never_reads_the_device(cfg_factory, tmp_path, monkeypatch, overrides):
     trainer = make_trainer(cfg_factory, tmp_path, *overrides)

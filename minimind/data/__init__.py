@@ -4,7 +4,8 @@ One job per module: ``index`` (the line index), ``cachefile`` (the on-disk forma
 of the index and token caches), ``tokens`` (the token cache), ``base`` (what both datasets
 share), ``pretrain`` and ``sft`` (the datasets and their line validators), ``labels`` (SFT
 labels), ``tokenizer`` and ``prefix`` (loading and encoding; prefix tokenization), ``sampler``,
-``assets``, ``errors``.
+``packing`` (data.packing: several samples per row, in the collate), ``loader``, ``assets``,
+``errors``.
 
 Importing ``minimind.data`` stays cheap: torch (datasets) and ``tokenizers`` load on first
 use of the names that need them, and ``minimind.data.assets`` (what the config layer uses to

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from minimind.data.packing import PackingCollate
 from minimind.data.sampler import ShardedBatchSampler
 
 IGNORE_INDEX = -100
@@ -71,8 +72,9 @@ class Batches:
 
     def __init__(self, dataset, *, batch_size: int, num_workers: int, shuffle: bool, seed: int,
                  trim_padding: bool, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                 indices: Optional[torch.Tensor] = None):
+                 indices: Optional[torch.Tensor] = None, packing: bool = False):
         self.dataset = dataset
+        self.packing = bool(packing)  # data.packing: the micro-batch's samples share rows (data/packing.py)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.shuffle, self.seed, self.trim = bool(shuffle), int(seed), bool(trim_padding)
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
@@ -99,11 +101,18 @@ class Batches:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(sampler.epoch)  # workers copy the dataset at iter() time
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=TrimmingCollate() if self.trim else None,
+                          collate_fn=self.collate(),
                           pin_memory=self.pin_memory, persistent_workers=False,
                           # the iterator's base seed from a generator of its own: from the global RNG
                           # it would shift the dropout stream by one draw at each resume
                           generator=torch.Generator())
+
+    def collate(self):
+        """How b samples become a micro-batch: packed, trimmed, or stacked as they are."""
+        if self.packing:
+            pad_id = getattr(getattr(self.dataset, "tokenizer", None), "pad_token_id", None) or 0
+            return PackingCollate(pad_id=pad_id, trim=self.trim)
+        return TrimmingCollate() if self.trim else None
 
     def stats(self) -> Dict[str, Any]:
         return self.dataset.stats() if hasattr(self.dataset, "stats") else {}
