@@ -93,10 +93,29 @@ class DistContext:
 
     def destroy(self) -> None:
         if tdist.is_available() and tdist.is_initialized():
+            # keep the groups' Python objects past the DDP model: see _RETIRED
+            _RETIRED.extend(g for g in (tdist.group.WORLD, self._control) if g is not None)
             try:
                 tdist.destroy_process_group()
             except Exception as e:  # noqa: BLE001 - teardown must never mask the real error
                 log.debug("destroy_process_group failed: %s", e)
+
+
+# Process groups after destroy_process_group, until release_retired(). Without this the DDP
+# model's Reducer can hold the last reference to the gloo group; freeing it then runs
+# ~ProcessGroupGloo (which joins the group's worker threads) with the GIL held, while a worker
+# waits for the GIL to free the tensors of its last collective: the process hangs at exit
+# (about 1 run in 3 on 2 CPU cores; pytorch/pytorch#56297). The group's own Python object
+# releases the GIL before its destructor runs, so the last reference must be ours.
+_RETIRED: List[Any] = []
+
+
+def release_retired() -> None:
+    """Free the process groups :meth:`DistContext.destroy` kept, once the DDP model is gone."""
+    import gc
+
+    gc.collect()  # the trainer and its DDP model, if a reference cycle still holds them
+    _RETIRED.clear()
 
 
 def setup(ddp: bool = False, backend: str = "auto", timeout_s: int = 600, bucket_cap_mb: int = 25,

@@ -349,6 +349,9 @@ def run(cfg: DictConfig) -> float:
     finally:
         if lock is not None:
             lock.release()
+    from minimind.dist import release_retired
+
+    release_retired()  # the trainer (and its DDP model) is gone: now the process groups may go
     return summary["result"]
 
 
