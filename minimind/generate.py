@@ -5,6 +5,9 @@
     # a model YAML + upstream weights + tokenizer directory
     python -m minimind.generate --model conf/model/minimind2_26m.yaml --weights full_sft_512.pth \
         --tokenizer /path/to/minimind_tokenizer --prompt "你好" --chat --greedy
+    # a LoRA: base weights + the LoRA file (a LoRA run's directory finds both by itself)
+    python -m minimind.generate --model conf/model/minimind2_26m.yaml --weights full_sft_512.pth \
+        --lora lora_identity_512.pth --prompt "Who are you?" --chat
 
 Text is streamed to stdout as it is generated; the model summary and notes go to stderr.
 """
@@ -28,6 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default=None,
                    help="upstream-format .pth/.safetensors; default with a run dir: "
                         "its newest inference weights")
+    p.add_argument("--lora", default=None,
+                   help="a LoRA file (upstream's format) added to --weights; default with a LoRA run dir: "
+                        "its LoRA file, on the run's model.from_weight")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory; default: the run's data.tokenizer, "
                         "else the embedded demo tokenizer")
@@ -103,6 +109,21 @@ def resolve_model_source(model: str) -> tuple[dict[str, Any], str | None, str | 
     return {k: v for k, v in fields.items() if k not in DROP_KEYS}, weights, tokenizer
 
 
+def _run_base_weight(model: str) -> str | None:
+    """The weights a run started from (its model.from_weight), for a LoRA run directory."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg_path = os.path.join(model, ".hydra", "config.yaml")
+    if not os.path.isfile(cfg_path):
+        return None
+    try:
+        value = OmegaConf.select(OmegaConf.load(cfg_path), "model.from_weight")
+    except OmegaConfBaseException:
+        return None
+    return str(value) if value else None
+
+
 def _load_tokenizer(path: str | None):
     from minimind.data.tokenizer import load_tokenizer
     return load_tokenizer(path)
@@ -156,13 +177,23 @@ def main(argv=None) -> int:
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: model config from {args.model}: {err}") from None
 
-    weights = args.weights or run_weights
-    if weights:
-        try:
+    from minimind.adapters import is_lora_file, load_lora
+
+    weights, lora = args.weights or run_weights, args.lora
+    try:
+        if lora is None and weights and is_lora_file(weights):  # a LoRA run: its file holds only B, A
+            lora, weights = weights, _run_base_weight(args.model) if os.path.isdir(args.model) else None
+            if not weights:
+                raise SystemExit(f"error: {lora} is a LoRA file; give the base weights it was trained on "
+                                 "with --weights BASE --lora LORA")
+        if weights:
             load_weights(model, weights)
-        except WeightsError as err:
-            raise SystemExit(f"error: {err}") from None
-        print(f"{model_summary(model)}; weights: {weights}", file=sys.stderr)
+        if lora:
+            load_lora(model, lora, attach=True)
+    except WeightsError as err:
+        raise SystemExit(f"error: {err}") from None
+    if weights:
+        print(f"{model_summary(model)}; weights: {weights}" + (f" + LoRA {lora}" if lora else ""), file=sys.stderr)
     else:
         print(f"{model_summary(model)}; no --weights given: a randomly initialised model", file=sys.stderr)
 

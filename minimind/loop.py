@@ -37,6 +37,7 @@ import torch
 
 from minimind import checkpoint as ckpt
 from minimind import env
+from minimind.adapters import NoAdapter
 from minimind.errors import CheckpointError, TrainingError
 from minimind.metrics import StepMetrics, StepResult
 from minimind.objectives import to_device
@@ -125,16 +126,18 @@ class Trainer:
     """``conf/loop/*.yaml`` builds this from its own keys plus the parts the other groups built."""
 
     def __init__(self, *, epochs: int, max_steps: Optional[int], log_interval: int, save_interval: int,
-                 save_dir: Optional[str], save_weight: str, weights_format: str, keep_last: int,
+                 save_dir: Optional[str], save_weight: Optional[str], weights_format: str, keep_last: int,
                  resume: str, compile: bool, compile_backend: str, empty_cache: bool, on_nan: str,
                  max_nan_skips: int, progress: Optional[bool],
                  model: torch.nn.Module, objective, optimization, precision, batches, dist, tracker,
-                 run_dir: str, config: Optional[dict] = None):
+                 run_dir: str, config: Optional[dict] = None, adapter=None):
         self.epochs, self.max_steps = epochs, max_steps
         self.log_interval, self.save_interval = log_interval, save_interval
         self.run_dir = Path(run_dir)
         self.save_dir = Path(save_dir) if save_dir else self.run_dir
-        self.save_weight, self.weights_format = save_weight, str(weights_format)
+        # save_weight: train.py resolves null to the stage's name (minimind.stages.weights_stem)
+        self.save_weight, self.weights_format = save_weight or "pretrain", str(weights_format)
+        self.adapter = adapter or NoAdapter()  # what the inference weights file holds
         self.resume_spec = str(resume)
         self.on_nan, self.max_nan_skips, self.show_progress = str(on_nan), max_nan_skips, progress
         self.optimization, self.precision, self.batches = optimization, precision, batches
@@ -267,9 +270,10 @@ class Trainer:
 
     def _save_weights(self) -> None:
         formats = ["pth", "safetensors"] if self.weights_format == "both" else [self.weights_format]
+        state = self.adapter.inference_state(self.raw_model)  # the whole model, or only a LoRA
         for fmt in formats:
             ext = ".pth" if fmt == "pth" else ".safetensors"
-            save_weights(self.raw_model, self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=ext),
+            save_weights(state, self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=ext),
                          fmt=fmt)
 
     def restore(self) -> None:

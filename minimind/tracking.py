@@ -26,6 +26,10 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+# the stage objectives' metrics shown on the console line (all of them go to metrics.jsonl / wandb)
+OBJECTIVE_METRICS = ("reward_acc", "margin", "ce", "kl")
+
+
 def console_line(m: Dict[str, Any]) -> str:
     """MiniMind's ``Epoch:[e/E](step/iters) loss lr epoch_Time`` plus the update-step numbers."""
     scale = "-" if m.get("scale") is None else f"{m['scale']:.0f}"
@@ -35,6 +39,7 @@ def console_line(m: Dict[str, Any]) -> str:
     ]
     if m.get("aux_loss"):
         parts.append(f"aux:{m['aux_loss']:.4f}")
+    parts += [f"{k}:{m[k]:.4f}" for k in OBJECTIVE_METRICS if k in m]
     parts += [
         f"lr:{m['lr']:.3e}",
         f"grad_norm:{m['grad_norm']:.3f}",
