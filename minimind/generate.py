@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 from typing import Any
@@ -63,7 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _newest_weights(run_dir: str) -> str | None:
-    """Newest inference weights under a run dir (not the *_resume.pth training checkpoints)."""
+    """The run's inference weights: those its summary.json names (they may be in loop.save_dir,
+    outside the run dir), else the newest under the run dir (not *_resume.pth checkpoints)."""
+    try:
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            named = [p for p in json.load(f).get("weights_files") or [] if os.path.isfile(p)]
+    except (OSError, ValueError):
+        named = []
+    if named:
+        return named[0]
     found = [f for pattern in ("*.pth", "*.safetensors")
              for f in glob.glob(os.path.join(run_dir, "**", pattern), recursive=True)
              if not os.path.basename(f).endswith("_resume.pth")]

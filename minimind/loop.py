@@ -135,10 +135,8 @@ class Trainer:
         self.log_interval, self.save_interval = log_interval, save_interval
         self.run_dir = Path(run_dir)
         self.save_dir = Path(save_dir) if save_dir else self.run_dir
-        # save_weight: train.py resolves null to the stage's name (minimind.stages.weights_stem)
-        self.save_weight, self.weights_format = save_weight or "pretrain", str(weights_format)
-        self.adapter = adapter or NoAdapter()  # what the inference weights file holds
-        self.resume_spec = str(resume)
+        self.save_weight, self.weights_format = save_weight or "pretrain", str(weights_format)  # train.py: the stage's
+        self.adapter, self.resume_spec = adapter or NoAdapter(), str(resume)  # adapter: what the weights file holds
         self.on_nan, self.max_nan_skips, self.show_progress = str(on_nan), max_nan_skips, progress
         self.optimization, self.precision, self.batches = optimization, precision, batches
         self.dist, self.tracker, self.config = dist, tracker, config or {}
@@ -271,9 +269,8 @@ class Trainer:
     def _save_weights(self) -> None:
         formats = ["pth", "safetensors"] if self.weights_format == "both" else [self.weights_format]
         state = self.adapter.inference_state(self.raw_model)  # the whole model, or only a LoRA
-        for fmt in formats:
-            ext = ".pth" if fmt == "pth" else ".safetensors"
-            save_weights(state, self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=ext),
+        for fmt in formats:  # fmt is the extension: .pth, .safetensors
+            save_weights(state, self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=f".{fmt}"),
                          fmt=fmt)
 
     def restore(self) -> None:

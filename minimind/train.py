@@ -236,6 +236,10 @@ def _write_summary(run_dir: Path, cfg: DictConfig, summary: Dict[str, Any], trac
         "name": cfg.name,
         "notes": cfg.notes,
     })
+    from minimind.stages import weights_paths
+
+    # where the inference weights went (loop.save_dir may be a folder shared by stages): generate finds them
+    data["weights_files"] = [os.path.abspath(p) for p in weights_paths(cfg, run_dir)]
     tracker.summary(data)
 
 

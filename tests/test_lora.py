@@ -246,3 +246,31 @@ def test_a_lora_file_that_does_not_fit_is_named(tmp_path):
     inject_lora(other, rank=8)
     with pytest.raises(WeightsError, match="another rank or model size"):
         load_lora(other, lora_state_dict(model))
+
+
+def test_clipping_and_the_scaler_cover_only_the_adapter(cfg_factory, tmp_path):
+    tr = make(cfg_factory, tmp_path / "a", "optim.grad_clip=0.001")
+    assert {id(p) for p in tr.update.params} == {id(p) for n, p in tr.raw_model.named_parameters() if ".lora." in n}
+    seen = []
+    real_step = tr.scaler.step
+    tr.scaler.step = lambda opt, *a, **k: (seen.append([p.grad.clone() for p in tr.update.params]),
+                                           real_step(opt, *a, **k))[1]
+    tr.step(window(tr, 1))
+    tr.step(window(tr, 1, start=4))  # B is non-zero now: every adapter parameter has a gradient
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in seen[1]]))
+    assert norm.item() == pytest.approx(0.001, rel=1e-4)
+    fp16 = make(cfg_factory, tmp_path / "b", "precision=fp16")
+    before = {n: p.detach().clone() for n, p in fp16.raw_model.named_parameters()}
+    victim = next(p for n, p in fp16.raw_model.named_parameters() if n.endswith("lora.B.weight"))
+    handle = victim.register_hook(lambda g: torch.full_like(g, float("inf")))
+    fp16.step(window(fp16, 1))
+    handle.remove()
+    assert all(torch.equal(p, before[n]) for n, p in fp16.raw_model.named_parameters())
+    assert fp16.scaler.get_scale() == 32768.0 and int(fp16.metrics.skipped) == 1
+
+
+def test_the_lora_step_never_reads_the_device(cfg_factory, tmp_path, monkeypatch):
+    from test_perf import real_windows, watch_train_steps
+
+    tr = make(cfg_factory, tmp_path, "loop.log_interval=1000", "loop.save_interval=1000")
+    assert watch_train_steps(monkeypatch, tr, real_windows(tr, 2)) == []

@@ -163,6 +163,13 @@ def test_the_demo_chain_presets_run(tmp_path):
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["dpo_128.pth", "full_dist_128.pth", "full_sft_128.pth", "full_sft_192.pth",
                      "lora_identity_128.pth"]
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert summary["weights_files"] == [str(tmp_path / "out" / "full_sft_128.pth")]
+    # generate finds a stage's weights in the shared folder, and a LoRA's base through model.from_weight
+    g = run_launch(["--model", str(tmp_path / "lora"), "--prompt", "Who made you?", "--chat", "--greedy",
+                    "--max-new-tokens", "3"], cwd=tmp_path, module=["-m", "minimind.generate"])
+    assert g.returncode == 0, g.stderr
+    assert f"weights: out/full_sft_128.pth + LoRA {tmp_path}/out/lora_identity_128.pth" in g.stderr
 
 
 # --------------------------------------------------------------------------- exact resume per stage
