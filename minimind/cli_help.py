@@ -16,7 +16,8 @@ from typing import Dict, List
 
 import yaml
 
-GROUP_ORDER = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "experiment")
+GROUP_ORDER = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "adapter",
+               "experiment")
 _KNOB = re.compile(r"^([A-Za-z_][\w]*):\s*([^#\n]*?)\s*(?:#\s*(.*))?$")
 
 
@@ -67,7 +68,8 @@ def render(conf_dir: Path, prog: str = "launch.py") -> str:
         folder = conf_dir / group
         if not folder.is_dir():
             continue
-        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        # nested options too (experiment=minimind3/full_sft)
+        options = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
         marked = [f"{o}*" if defaults.get(group) == o else o for o in options]
         lines.append(f"  {group + ':':<12} {', '.join(marked)}")
     launchers = sorted(p.stem for p in (conf_dir / "hydra" / "launcher").glob("*.yaml"))

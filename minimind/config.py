@@ -19,7 +19,7 @@ resolvers). It must not import torch or wandb: ``--help`` and ``--cfg job`` answ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -40,6 +40,7 @@ class LossNormalization(Choice):
 class DataKind(Choice):
     pretrain = "pretrain"
     sft = "sft"
+    dpo = "dpo"
 
 
 class OnBadLine(Choice):
@@ -143,7 +144,7 @@ class PrecisionConfig:
 class DataConfig:
     """``conf/data/*.yaml``: where samples come from and how they are batched."""
 
-    kind: DataKind = knob(DataKind.sft, "pretrain | sft: what one line of the file is")
+    kind: DataKind = knob(DataKind.sft, "pretrain | sft | dpo: what one line of the file is")
     path: str = knob(MISSING, "the JSONL file (required)")
     tokenizer: Optional[str] = knob(None, "tokenizer directory (tokenizer.json [+ tokenizer_config.json]); "
                                           "null = the embedded demo tokenizer")
@@ -197,7 +198,8 @@ class LoopConfig:
     save_interval: int = knob(500, "training checkpoint + inference weights every N optimizer steps, and at "
                                    "the end")
     save_dir: Optional[str] = knob(None, "where inference weights go; null = the run directory")
-    save_weight: str = knob("pretrain", "weights file stem: {save_weight}_{hidden_size}[_moe].pth")
+    save_weight: Optional[str] = knob(None, "weights file stem: {save_weight}_{hidden_size}[_moe].pth; null = "
+                                            "the stage's (pretrain, full_sft, lora_<data file>, dpo, full_dist)")
     weights_format: WeightsFormat = knob(WeightsFormat.pth, "pth (upstream's format) | safetensors | both")
     keep_last: int = knob(2, "training checkpoints kept in <run dir>/checkpoints")
     resume: str = knob("auto", "auto: continue from the newest good checkpoint in the run dir | never: "
@@ -245,9 +247,34 @@ class LoggerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """``conf/objective/*.yaml``: what one micro-batch's loss is (minimind.objectives)."""
+    """``conf/objective/*.yaml``: what one micro-batch's loss is (minimind.objectives).
+
+    One schema for every objective, as ``data.*`` is one for every dataset: the objective class
+    receives the keys it has parameters for (``lm`` none of these).
+    """
 
     _target_: str = knob("minimind.objectives.LanguageModeling", "the objective class")
+    beta: float = knob(0.15, "dpo: how far the policy may move from the reference (MiniMind2: 0.1)")
+    reference_weight: Optional[str] = knob(None, "dpo: the frozen reference's weights; null = the starting "
+                                                 "weights (model.from_weight)")
+    alpha: float = knob(0.5, "distill: loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)")
+    temperature: float = knob(1.5, "distill: softmax temperature T of both models' distributions")
+    teacher: Optional[ModelConfig] = knob(None, "distill: the teacher, a model node with its own from_weight "
+                                                "(choose one with model@objective.teacher=<model option>)")
+
+
+@dataclass
+class AdapterConfig:
+    """``conf/adapter/*.yaml``: which parameters train (minimind.adapters); the adapter class
+    receives the keys it has parameters for (``none`` none of them)."""
+
+    _target_: str = knob("minimind.adapters.NoAdapter", "none: every parameter trains | "
+                                                        "minimind.adapters.LoRA (adapter=lora)")
+    rank: int = knob(16, "lora: rank r of B @ A (upstream: MiniMind-3 16, MiniMind2 8)")
+    alpha: Optional[float] = knob(None, "lora: output scaled by alpha / rank; null = no scaling (upstream)")
+    dropout: float = knob(0.0, "lora: dropout on the adapter's input (upstream: none)")
+    targets: Optional[List[str]] = knob(None, "lora: module names to adapt (e.g. [q_proj,v_proj]); null = every "
+                                         "square nn.Linear, upstream's rule (q_proj, o_proj)")
 
 
 @dataclass
@@ -262,6 +289,7 @@ class Config:
     loop: LoopConfig = MISSING
     logger: LoggerConfig = MISSING
     objective: ObjectiveConfig = MISSING
+    adapter: AdapterConfig = MISSING
     seed: int = knob(42, "data order uses seed; rank r seeds its own RNGs with seed + r")
     device: str = knob("auto", "auto (cuda if available) | cpu | cuda | cuda:N")
     name: Optional[str] = knob(None, "a short label for reports and wandb")
@@ -270,7 +298,7 @@ class Config:
 
 GROUP_SCHEMAS = {"model": ModelConfig, "optim": OptimConfig, "precision": PrecisionConfig,
                  "data": DataConfig, "dist": DistConfig, "loop": LoopConfig, "logger": LoggerConfig,
-                 "objective": ObjectiveConfig}
+                 "objective": ObjectiveConfig, "adapter": AdapterConfig}
 
 
 def register_configs() -> None:
@@ -364,6 +392,9 @@ def validate(cfg: DictConfig) -> None:
         MiniMindConfig(**fields).validate()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
+    from minimind.stages import validate_stage
+
+    validate_stage(cfg)
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -93,10 +93,15 @@ def _run_config(run_dir: Path) -> dict:
 def _run_weights(run_dir: Path, cfg: dict, fields: dict) -> Path:
     """The run's final inference weights, else its newest weights or checkpoint."""
     from minimind.files import list_checkpoints
+    from minimind.runfolder import recorded_weights
 
+    recorded = [Path(p) for p in recorded_weights(run_dir) if Path(p).is_file()]
+    if recorded:
+        return ([p for p in recorded if p.suffix == ".pth"] or recorded)[0]
     loop = cfg.get("loop") or {}
     save_dir = Path(loop["save_dir"]) if loop.get("save_dir") else run_dir
-    stem = f"{loop.get('save_weight', 'pretrain')}_{fields['hidden_size']}{'_moe' if fields.get('use_moe') else ''}"
+    name = loop.get("save_weight") or "<stage>"  # null: the stage's name, which the run records
+    stem = f"{name}_{fields['hidden_size']}{'_moe' if fields.get('use_moe') else ''}"
     finals = [p for p in (save_dir / f"{stem}.pth", save_dir / f"{stem}.safetensors") if p.is_file()]
     if finals:
         return max(finals, key=os.path.getmtime)

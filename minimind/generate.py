@@ -7,6 +7,9 @@
     # a model YAML + upstream weights + tokenizer directory; MiniMind-3's thinking on
     python -m minimind.generate --model conf/model/minimind3_64m.yaml --weights full_sft_768.pth \
         --tokenizer /path/to/minimind/model --prompt "你好" --chat --think
+    # a LoRA: base weights + the LoRA file (a LoRA run's directory finds both by itself)
+    python -m minimind.generate --model conf/model/minimind2_26m.yaml --weights full_sft_512.pth \
+        --lora lora_identity_512.pth --prompt "Who are you?" --chat
 
 The weights of a run directory are the ones the run recorded (summary.json, else the newest
 checkpoint record in events.jsonl: also when ``loop.save_dir`` put them elsewhere), else the
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 from typing import Any, Optional
@@ -36,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="upstream-format .pth/.safetensors; default with a run dir: the weights it recorded")
     p.add_argument("--random-init", action="store_true",
                    help="no weights: a randomly initialised model (to test the plumbing)")
+    p.add_argument("--lora", default=None,
+                   help="a LoRA file (upstream's format) added to --weights; default with a LoRA run dir: "
+                        "its LoRA file, on the run's model.from_weight")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory; default: the run's data.tokenizer, "
                         "else the embedded demo tokenizer")
@@ -85,30 +90,6 @@ def _newest_weights(run_dir: str) -> str | None:
     return max(found, key=os.path.getmtime) if found else None
 
 
-def _recorded_weights(run_dir: str) -> list:
-    """The weights a run wrote, as it recorded them: summary.json, else its last checkpoint event."""
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            paths = json.load(f).get("weights") or []
-        if paths:
-            return list(paths)
-    except (OSError, ValueError, AttributeError):
-        pass
-    last: list = []
-    try:
-        with open(os.path.join(run_dir, "events.jsonl")) as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if event.get("event") == "checkpoint" and event.get("weights"):
-                    last = list(event["weights"])
-    except OSError:
-        pass
-    return last
-
-
 def _configured_weights(run_dir: str, cfg) -> Optional[str]:
     """The file the run's config names: loop.save_dir / {save_weight}_{hidden}[_moe].pth (a relative
     save_dir is relative to the folder the run was started from, which Hydra records)."""
@@ -140,7 +121,9 @@ def _configured_weights(run_dir: str, cfg) -> Optional[str]:
 def run_weights(run_dir: str, cfg) -> str | None:
     """The weights of a run directory (module docstring); exits with one line when the run
     recorded weights that are gone."""
-    recorded = _recorded_weights(run_dir)
+    from minimind.runfolder import recorded_weights
+
+    recorded = recorded_weights(run_dir)
     if recorded:
         existing = [p for p in recorded if os.path.isfile(p)]
         if not existing:
@@ -188,6 +171,21 @@ def resolve_model_source(model: str) -> tuple[dict[str, Any], str | None, str | 
     except OmegaConfBaseException as err:
         raise SystemExit(f"error: cannot resolve the model config in {cfg_path}: {err}") from None
     return {k: v for k, v in fields.items() if k not in DROP_KEYS}, weights, tokenizer
+
+
+def _run_base_weight(model: str) -> str | None:
+    """The weights a run started from (its model.from_weight), for a LoRA run directory."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg_path = os.path.join(model, ".hydra", "config.yaml")
+    if not os.path.isfile(cfg_path):
+        return None
+    try:
+        value = OmegaConf.select(OmegaConf.load(cfg_path), "model.from_weight")
+    except OmegaConfBaseException:
+        return None
+    return str(value) if value else None
 
 
 def _load_tokenizer(path: str | None):
@@ -308,18 +306,28 @@ def main(argv=None) -> int:
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: model config from {args.model}: {err}") from None
 
-    weights = args.weights or (None if args.random_init else recorded)
+    from minimind.adapters import is_lora_file, load_lora
+
+    weights, lora = args.weights or (None if args.random_init else recorded), args.lora
     if weights is None and not args.random_init:
         what = ("recorded no weights and holds no .pth" if os.path.isdir(args.model)
                 else "is a model config, not weights")
         raise SystemExit(f"error: {args.model} {what}: give --weights FILE (or --random-init for a "
                          "randomly initialised model)")
-    if weights:
-        try:
+    try:
+        if lora is None and weights and is_lora_file(weights):  # a LoRA run: its file holds only B, A
+            lora, weights = weights, _run_base_weight(args.model) if os.path.isdir(args.model) else None
+            if not weights:
+                raise SystemExit(f"error: {lora} is a LoRA file; give the base weights it was trained on "
+                                 "with --weights BASE --lora LORA")
+        if weights:
             load_weights(model, weights)
-        except WeightsError as err:
-            raise SystemExit(f"error: {err}") from None
-        print(f"{model_summary(model)}; weights: {weights}", file=sys.stderr)
+        if lora:
+            load_lora(model, lora, attach=True)
+    except WeightsError as err:
+        raise SystemExit(f"error: {err}") from None
+    if weights:
+        print(f"{model_summary(model)}; weights: {weights}" + (f" + LoRA {lora}" if lora else ""), file=sys.stderr)
     else:
         print(f"{model_summary(model)}; --random-init: a randomly initialised model", file=sys.stderr)
 

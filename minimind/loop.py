@@ -36,6 +36,7 @@ import torch
 
 from minimind import checkpoint as ckpt
 from minimind import env, resume, run_identity, runlock
+from minimind.adapters import NoAdapter
 from minimind.console import TruncationNote
 from minimind.data.holdout import split_key
 from minimind.errors import CheckpointError
@@ -133,19 +134,20 @@ class Trainer:
     step; the checkpoint half (state_dict / save / restore) is the next thing to move out.)"""
 
     def __init__(self, *, epochs: int, max_steps: Optional[int], log_interval: int, save_interval: int,
-                 save_dir: Optional[str], save_weight: str, weights_format: str, keep_last: int,
+                 save_dir: Optional[str], save_weight: Optional[str], weights_format: str, keep_last: int,
                  resume: str, compile: bool, compile_backend: str, empty_cache: bool, on_nan: str,
                  max_nan_skips: int, progress: Optional[bool], eval_interval: Optional[int],
                  eval_batches: Optional[int], save_best: bool, eval_prompts: List[str],
                  model: torch.nn.Module, objective, optimization, precision, batches, dist, tracker,
                  run_dir: str, config: Optional[dict] = None, resume_changes: str = "refuse",
-                 evaluator: Optional[Evaluator] = None):
+                 evaluator: Optional[Evaluator] = None, adapter=None):
         self.epochs, self.max_steps = epochs, max_steps
         self.log_interval, self.save_interval = log_interval, save_interval
         self.run_dir = Path(run_dir)
         self.save_dir = Path(save_dir) if save_dir else self.run_dir
-        self.save_weight, self.weights_format = save_weight, str(weights_format)
+        self.save_weight, self.weights_format = save_weight or "pretrain", str(weights_format)  # train.py: the stage's
         self.resume_spec, self.resume_changes = str(resume), str(resume_changes)
+        self.adapter = adapter or NoAdapter()  # what the weights file holds: the model, or only a LoRA
         self.on_nan, self.max_nan_skips, self.show_progress = str(on_nan), max_nan_skips, progress
         self.optimization, self.precision, self.batches = optimization, precision, batches
         self.dist, self.tracker, self.config = dist, tracker, config or {}
@@ -275,8 +277,9 @@ class Trainer:
         formats = ["pth", "safetensors"] if self.weights_format == "both" else [self.weights_format]
         paths = [self.save_dir / weights_filename(self.save_weight, self.raw_model, ext=f"{tag}.{fmt}")
                  for fmt in formats]
+        state = self.adapter.inference_state(self.raw_model)  # the whole model, or only a LoRA
         for path, fmt in zip(paths, formats):
-            save_weights(self.raw_model, path, fmt=fmt)
+            save_weights(state, path, fmt=fmt)
         return [str(path.absolute()) for path in paths]
 
     def restore(self) -> None:

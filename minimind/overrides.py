@@ -30,6 +30,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from minimind.config import (
     SET_ELSEWHERE,
+    AdapterConfig,
     Config,
     DataConfig,
     DistConfig,
@@ -42,7 +43,7 @@ from minimind.config import (
     WandbConfig,
 )
 
-GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "experiment")
+GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "adapter", "experiment")
 _TYPE_NAMES = {"float": "a float", "int": "an integer", "bool": "true or false", "str": "a string"}
 
 
@@ -51,11 +52,12 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(Config(
         model=ModelConfig(), optim=OptimConfig(), precision=PrecisionConfig(), data=DataConfig(),
         dist=DistConfig(), loop=LoopConfig(), logger=LoggerConfig(wandb=WandbConfig()),
-        objective=ObjectiveConfig()))
+        objective=ObjectiveConfig(teacher=ModelConfig()), adapter=AdapterConfig()))
 
 
 def _group_options(conf_dir: Path, group: str) -> List[str]:
-    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    folder = conf_dir / group  # nested options too: experiment=minimind3/full_sft
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
 
 
 def _values(override) -> Iterable:

@@ -75,7 +75,11 @@ def refuse_missing(cfg: DictConfig) -> None:
         shown = example(key, conf, option)
     except (ImportError, OSError):
         shown = None
-    where = f" ({group}={option} leaves it to you)" if option else ""
+    preset = _choices(cfg).get("experiment")
+    if preset and preset != "null":  # a stage preset leaves what only the user knows
+        where = f" (experiment={preset} leaves it to you)"
+    else:
+        where = f" ({group}={option} leaves it to you)" if option else ""
     doc = ""
     try:
         from minimind.config import GROUP_SCHEMAS

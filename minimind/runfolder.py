@@ -18,6 +18,7 @@ when this run created it and it holds nothing but what Hydra put there.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -167,3 +168,29 @@ def remove_if_refused(run_dir: os.PathLike) -> bool:
         parent = parent.parent
     _CREATED.pop(str(run_dir), None)
     return not run_dir.exists()
+
+
+def recorded_weights(run_dir: os.PathLike) -> List[str]:
+    """The inference weights a run wrote, as it recorded them: summary.json's ``weights``, else
+    those of its last checkpoint event (a run killed before its end). ``generate`` and ``export``
+    read them: they may be in ``loop.save_dir``, outside the run folder."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            paths = json.load(f).get("weights") or []
+        if paths:
+            return list(paths)
+    except (OSError, ValueError, AttributeError):
+        pass
+    last: list = []
+    try:
+        with open(os.path.join(run_dir, "events.jsonl")) as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if event.get("event") == "checkpoint" and event.get("weights"):
+                    last = list(event["weights"])
+    except OSError:
+        pass
+    return last

@@ -36,6 +36,10 @@ def _norm(v: float) -> str:
     return f"{v:.{3 if abs(v) < 10 else 2 if abs(v) < 100 else 1 if abs(v) < 1000 else 0}f}"
 
 
+# the stage objectives' metrics shown on the console line (all of them go to metrics.jsonl / wandb)
+OBJECTIVE_METRICS = ("reward_acc", "margin", "ce", "kl")
+
+
 def console_line(m: Dict[str, Any]) -> str:
     """MiniMind's ``Epoch:[e/E](step/iters) loss lr`` plus the update-step numbers.
 
@@ -51,6 +55,7 @@ def console_line(m: Dict[str, Any]) -> str:
     ]
     if m.get("aux_loss"):
         parts.append(f"aux:{m['aux_loss']:.4f}")
+    parts += [f"{k}:{_norm(m[k])}" for k in OBJECTIVE_METRICS if k in m]
     parts += [f"lr:{m['lr']:.2e}", f"grad_norm:{_norm(m['grad_norm'])}"]
     if m.get("scale") is not None:
         parts.append(f"scale:{m['scale']:.0f}")

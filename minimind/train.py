@@ -5,7 +5,8 @@
     precision  = build_precision(cfg.precision)            autocast dtype + GradScaler
     dataset    = instantiate(cfg.data.dataset, data.*)     JSONL -> (input_ids, labels)
     model      = instantiate(cfg.model)                    MiniMindForCausalLM (+ from_weight)
-    objective  = instantiate(cfg.objective)                what a micro-batch's loss is
+    adapter    = cfg.adapter -> adapter.apply(model)       none | lora: which parameters train
+    objective  = cfg.objective                             lm | dpo (reference) | distill (teacher)
     optim      = instantiate(cfg.optim, model)             AdamW over the trainable params, schedule
     tracker    = instantiate(cfg.logger)                   console, metrics.jsonl, wandb
     trainer    = instantiate(cfg.loop, parts...)           owns the step; resumes if it can
@@ -72,9 +73,13 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
     """Everything that can be refused without building anything: values, paths, resume."""
     refuse_missing(cfg)  # a ??? key: one line with an example, not MissingMandatoryValue
     validate(cfg)
+    from minimind.stages import preflight_stage
+
+    preflight_stage(cfg, run_dir)  # required keys, the reference / teacher files, no self-overwrite
     d = cfg.data
     path = Path(d.path)
-    line = '{"text": ...}' if d.kind == "pretrain" else '{"conversations": [...]}'
+    line = {"pretrain": '{"text": ...}', "dpo": '{"chosen": [...], "rejected": [...]}'}.get(
+        str(d.kind), '{"conversations": [...]}')
     if not path.is_file():
         raise ConfigError(f"data.path={d.path!r}: no such file (expected a JSONL file with one "
                           f"{line} object per line)")
@@ -133,6 +138,10 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
     """Build every part from ``cfg``; the returned Trainer owns the process group (``dist``)."""
     run_dir = Path(run_dir)
     preflight(cfg, run_dir)  # before importing torch: a bad value is refused in a second
+    from minimind.stages import build_part, weights_stem
+
+    with open_dict(cfg):  # null: the stage's name, recorded in the checkpoint's config
+        cfg.loop.save_weight = weights_stem(cfg)
 
     import torch
     from hydra.utils import instantiate
@@ -182,9 +191,11 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = instantiate(cfg.model).to(device)
         log.info("%s", model_summary(model))
+        adapter = build_part(cfg.adapter)  # before the optimizer: it decides what trains
+        adapter.apply(model)  # still under the shared seed: the same adapter init on every rank
         seed_everything(cfg.seed + dist.rank)
 
-        objective = instantiate(cfg.objective)
+        objective = build_part(cfg.objective)
         optimization = instantiate(cfg.optim, model=model, device=device)
         config = to_plain(cfg)
         tracker = instantiate(cfg.logger, _partial_=True, _convert_="all")(
@@ -197,7 +208,8 @@ def build_trainer(cfg: DictConfig, run_dir: os.PathLike):
         # _partial_: the YAML's keys now, the built parts (which are not configs) in the call
         return instantiate(cfg.loop, _partial_=True, _convert_="all")(
             model=model, objective=objective, optimization=optimization, precision=precision,
-            batches=batches, dist=dist, tracker=tracker, run_dir=str(run_dir), config=config, evaluator=evaluator)
+            batches=batches, dist=dist, tracker=tracker, run_dir=str(run_dir), config=config, evaluator=evaluator,
+            adapter=adapter)
     except BaseException:
         dist.destroy()
         raise

@@ -21,7 +21,7 @@ def test_launch_trains_and_writes_its_files(launch, tmp_path):
                        "optim.lr=3e-3", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "metrics.jsonl",
-                 "summary.json", "events.jsonl", "pretrain_64.pth"):
+                 "summary.json", "events.jsonl", "full_sft_64.pth"):  # the demo is SFT: upstream's name
         assert (run / name).is_file(), name
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000020.pt", "step_00000040.pt"]
 
@@ -43,7 +43,7 @@ def test_launch_trains_and_writes_its_files(launch, tmp_path):
     assert "Epoch:[1/1](40/40)" in log and "grad_norm:" in log and "tok/s:" in log
     assert "Model params" in log or "params" in log.lower()
 
-    weights = torch.load(run / "pretrain_64.pth", weights_only=True)
+    weights = torch.load(run / "full_sft_64.pth", weights_only=True)
     assert weights["model.embed_tokens.weight"].dtype == torch.float16
     assert "lm_head.weight" in weights
 

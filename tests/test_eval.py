@@ -262,7 +262,7 @@ def test_save_best_keeps_the_best_also_across_a_resume(cfg_factory, tmp_path, mo
             "loop.keep_last=10", "loop.resume_changes=allow"]  # allow: each resume runs longer
     run = tmp_path / "run"
     build_and_fit(cfg_factory(base + ["loop.max_steps=5"]), run)
-    best = torch.load(run / "pretrain_64_best.pth", weights_only=True)
+    best = torch.load(run / "full_sft_64_best.pth", weights_only=True)
 
     def weights_at(step):
         state = torch.load(run / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)["model"]
@@ -271,14 +271,14 @@ def test_save_best_keeps_the_best_also_across_a_resume(cfg_factory, tmp_path, mo
     assert all(torch.equal(best[k], weights_at(4)[k]) for k in best)  # 1.5 at step 4, not the last (4.0)
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["best_val_loss"], summary["best_val_step"], summary["val_loss"]) == (1.5, 4, 4.0)
-    mtime = (run / "pretrain_64_best.pth").stat().st_mtime_ns
+    mtime = (run / "full_sft_64_best.pth").stat().st_mtime_ns
 
     tr = build_trainer(cfg_factory(base + ["loop.max_steps=6"]), run)  # resumes at step 5: 5.0 is worse
     tr.fit()
     assert (tr.evaluator.best_loss, tr.evaluator.best_step) == (1.5, 4)
-    assert (run / "pretrain_64_best.pth").stat().st_mtime_ns == mtime
+    assert (run / "full_sft_64_best.pth").stat().st_mtime_ns == mtime
     build_and_fit(cfg_factory(base + ["loop.max_steps=7"]), run)  # 1.0 at step 7: the new best
-    best = torch.load(run / "pretrain_64_best.pth", weights_only=True)
+    best = torch.load(run / "full_sft_64_best.pth", weights_only=True)
     assert all(torch.equal(best[k], weights_at(7)[k]) for k in best)
 
 

@@ -73,7 +73,7 @@ def test_a_run_logs_its_evaluations_everywhere(held_out_run):
     assert "Eval:(6/6) val_loss:" in log and "ppl:" in log and "sample: 'Hi' -> " in log
     summary = json.loads((run / "summary.json").read_text())
     assert summary["result_metric"] == "val_loss" and summary["result"] == evals[-1]["val_loss"]
-    assert (run / "pretrain_64_best.pth").is_file() and (run / "pretrain_64.pth").is_file()
+    assert (run / "full_sft_64_best.pth").is_file() and (run / "full_sft_64.pth").is_file()
 
 
 def test_the_run_val_loss_is_what_minimind_eval_says(held_out_run, tmp_path):
@@ -87,7 +87,7 @@ def test_the_run_val_loss_is_what_minimind_eval_says(held_out_run, tmp_path):
     assert out["samples"] == [{"prompt": s["prompt"], "answer": s["answer"]} for s in logged]  # greedy
     # the best weights (fp16 on disk, so close rather than equal)
     best = min(rows(run, "eval"), key=lambda r: r["val_loss"])
-    out = mm_eval([str(run / "pretrain_64_best.pth")], cwd=tmp_path)
+    out = mm_eval([str(run / "full_sft_64_best.pth")], cwd=tmp_path)
     assert out["val_loss"] == pytest.approx(best["val_loss"], rel=5e-3)
 
 
@@ -103,7 +103,7 @@ def test_a_val_file_run_and_minimind_eval_on_any_jsonl(tmp_path):
     # a bare weights file outside any run: the model from a YAML, the rest from the flags
     bare = tmp_path / "bare"
     bare.mkdir()
-    (bare / "w.pth").write_bytes((run / "pretrain_64.pth").read_bytes())
+    (bare / "w.pth").write_bytes((run / "full_sft_64.pth").read_bytes())
     model_yaml = tmp_path / "tiny64.yaml"
     tiny = OmegaConf.load(CONF / "model" / "tiny.yaml")
     OmegaConf.save(OmegaConf.merge(tiny, {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}),
@@ -156,8 +156,8 @@ def test_sigkill_and_resume_stay_bit_exact_with_evaluation(tmp_path):
     for e in rows(run, "eval"):  # an evaluation repeated after a resume gives the very same loss
         assert e["val_loss"] == ref_val[e["step"]], e
     assert set(ref_val) == {e["step"] for e in rows(run, "eval")} == set(range(4, 49, 4))
-    wa = torch.load(ref / "pretrain_64_best.pth", weights_only=True)
-    wb = torch.load(run / "pretrain_64_best.pth", weights_only=True)
+    wa = torch.load(ref / "full_sft_64_best.pth", weights_only=True)
+    wb = torch.load(run / "full_sft_64_best.pth", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

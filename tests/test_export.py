@@ -331,7 +331,9 @@ def fake_run(tmp_path, model, overrides=(), weights_name=None, summary=None, sta
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
         {"hydra": {"runtime": {"choices": {"model": "tiny", "objective": "lm", "experiment": None}}}}))
     (run / "summary.json").write_text(json.dumps(summary or {}))
-    name = weights_name or f"{cfg.loop.save_weight}_{fields['hidden_size']}{'_moe' if fields['use_moe'] else ''}.pth"
+    from minimind.stages import weights_stem
+
+    name = weights_name or f"{weights_stem(cfg)}_{fields['hidden_size']}{'_moe' if fields['use_moe'] else ''}.pth"
     save_weights(state if state is not None else model, str(run / name))
     return run
 
@@ -346,10 +348,10 @@ def test_run_directory_export_writes_the_training_record(tmp_path, capsys):
     card = (tmp_path / "hf" / "README.md").read_text()
     for text in ("120 optimizer steps, 61440 tokens", "| final loss | 2.3456 |", "val_loss 2.5678",
                  "best_val_loss 2.4000", "objective=lm, data.kind=sft", "python launch.py", "loop.max_steps=120",
-                 "demo/sft.jsonl", "pretrain_64_moe.pth"):
+                 "demo/sft.jsonl", "full_sft_64_moe.pth"):
         assert text in card, text
     with torch.no_grad():  # fp16 as saved, compared in fp32
-        ours = build_model(from_weight=str(run / "pretrain_64_moe.pth"), **model.config.to_dict()).eval()
+        ours = build_model(from_weight=str(run / "full_sft_64_moe.pth"), **model.config.to_dict()).eval()
         assert torch.allclose(load_hf(tmp_path / "hf")(IDS).logits, ours(IDS).logits, atol=1e-4)
 
 
@@ -399,7 +401,7 @@ def _one_line_error(capsys, argv):
 def test_bad_input_gets_one_line(tmp_path, capsys):
     model = make_model(CASES["minimind2"][0])
     run = fake_run(tmp_path, model)
-    (run / "pretrain_64.pth").unlink()
+    (run / "full_sft_64.pth").unlink()
     assert "has no weights" in _one_line_error(capsys, [str(run), "--out", str(tmp_path / "a")])
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")
@@ -445,7 +447,7 @@ def test_arch_minimind_writes_upstreams_layout_on_request(tmp_path):
 def test_run_without_final_weights_exports_its_newest_checkpoint(tmp_path):
     model = make_model(CASES["minimind2"][0])
     run = fake_run(tmp_path, model)
-    (run / "pretrain_64.pth").unlink()
+    (run / "full_sft_64.pth").unlink()
     (run / "checkpoints").mkdir()
     torch.save({"model": model.state_dict(), "global_step": 7}, run / "checkpoints" / "step_00000007.pt")
     assert main([str(run), "--out", str(tmp_path / "hf")]) == 0

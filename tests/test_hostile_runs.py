@@ -164,12 +164,12 @@ def test_temporary_files_of_a_killed_write_are_removed_at_the_next_start(tmp_pat
     assert r.returncode == -signal.SIGKILL
     left = [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     assert len(left) == 1 and left[0].startswith(".step_00000004.pt.")
-    (run / ".pretrain_64.pth.x1y2z3.tmp").write_bytes(b"half a weights file")  # killed mid-write too
+    (run / ".full_sft_64.pth.x1y2z3.tmp").write_bytes(b"half a weights file")  # killed mid-write too
     (run / "notes.tmp").write_text("not ours")
     r = run_launch(args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
-    assert not (run / ".pretrain_64.pth.x1y2z3.tmp").exists() and (run / "notes.tmp").exists()
+    assert not (run / ".full_sft_64.pth.x1y2z3.tmp").exists() and (run / "notes.tmp").exists()
     log = (run / "train.log").read_text()
     assert "removed 2 temporary file(s) left by an interrupted write" in log and left[0] in log
 

@@ -38,6 +38,9 @@ def test_every_experiment_composes_and_validates(cfg_factory, experiment):
 
 def test_there_are_experiments_to_compose():
     assert "clip_accum_sweep" in EXPERIMENTS
+    stages = ("pretrain", "full_sft", "lora", "dpo", "distillation")
+    assert {f"{family}/{s}" for family in ("minimind2", "minimind3") for s in stages} <= set(EXPERIMENTS)
+    assert {f"demo/{s}" for s in ("sft", "lora", "dpo", "teacher", "distill")} <= set(EXPERIMENTS)
 
 
 def _losses(run: Path):
@@ -109,7 +112,7 @@ def test_the_optimizer_gets_lr_and_weight_decay_from_optim(cfg_factory, tmp_path
     ("loop.weights_format=onnx", "pth, safetensors, both"),
     ("dist.backend=mpi", "auto, nccl, gloo"),
     ("model.family=minimind4", "minimind2, minimind3"),
-    ("data.kind=dpo", "pretrain, sft"),
+    ("data.kind=rlaif", "pretrain, sft, dpo"),
 ])
 def test_choices_fail_at_composition_with_the_valid_values(cfg_factory, override, valid):
     from hydra.errors import ConfigCompositionException
@@ -175,7 +178,7 @@ def test_the_trainer_gets_parts_not_loose_values():
     params = set(inspect.signature(Trainer).parameters)
     own = set(LoopConfig.__dataclass_fields__) - {"_target_"}
     parts = {"model", "objective", "optimization", "precision", "batches", "dist", "tracker", "run_dir", "config",
-             "evaluator"}
+             "evaluator", "adapter"}
     assert params == own | parts
 
 

@@ -47,8 +47,8 @@ def assert_same_run(ref: Path, run: Path) -> None:
     ref_losses = {s: v[0] for s, v in losses(ref).items()}
     for step, values in losses(run).items():  # re-run steps log the very same loss
         assert all(v == ref_losses[step] for v in values), (step, values, ref_losses[step])
-    w_ref = torch.load(next(ref.glob("pretrain_*.pth")), weights_only=True)
-    w_run = torch.load(next(run.glob("pretrain_*.pth")), weights_only=True)
+    w_ref = torch.load(next(ref.glob("full_sft_*.pth")), weights_only=True)  # the demo is SFT data
+    w_run = torch.load(next(run.glob("full_sft_*.pth")), weights_only=True)
     assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref)
 
 

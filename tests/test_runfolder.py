@@ -133,7 +133,7 @@ def test_ctrl_c_prints_the_command_that_continues_and_it_does(tmp_path):
     assert re.search(rf"run folder: {re.escape(rel)} \(summary.json", r.stdout)
 
     # the weights went to loop.save_dir; summary.json and the checkpoint events record where
-    weights = weights_dir / "pretrain_64.pth"
+    weights = weights_dir / "full_sft_64.pth"
     assert summary["weights"] == [str(weights)]
     assert all(e["weights"] == [str(weights)] for e in events if e["event"] == "checkpoint")
     # ... and every file the run wrote has the umask's mode (0644 under the usual 022)

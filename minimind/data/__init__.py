@@ -2,7 +2,7 @@
 
 One job per module: ``index`` (the line index), ``cachefile`` (the on-disk format and places
 of the index and token caches), ``tokens`` (the token cache), ``base`` (what both datasets
-share), ``pretrain`` and ``sft`` (the datasets and their line validators), ``labels`` (SFT
+share), ``pretrain``, ``sft`` and ``dpo`` (the datasets and their line validators), ``labels`` (SFT
 labels), ``tokenizer`` and ``prefix`` (loading and encoding; prefix tokenization), ``sampler``,
 ``packing`` (data.packing: several samples per row, in the collate), ``loader``, ``assets``,
 ``errors``.
@@ -17,8 +17,8 @@ from __future__ import annotations
 from minimind.data.assets import asset_path
 from minimind.data.errors import DataError
 
-__all__ = ["load_tokenizer", "Tokenizer", "PretrainDataset", "SFTDataset", "DataError", "JsonlIndex",
-           "asset_path"]
+__all__ = ["load_tokenizer", "Tokenizer", "PretrainDataset", "SFTDataset", "DPODataset", "DataError",
+           "JsonlIndex", "asset_path"]
 
 _LAZY = {
     "load_tokenizer": "minimind.data.tokenizer",
@@ -26,6 +26,7 @@ _LAZY = {
     "JsonlIndex": "minimind.data.index",
     "PretrainDataset": "minimind.data.pretrain",
     "SFTDataset": "minimind.data.sft",
+    "DPODataset": "minimind.data.dpo",
 }
 
 

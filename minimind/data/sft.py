@@ -61,12 +61,17 @@ def validate_sft(line: bytes) -> str | None:
     if "conversations" not in obj:
         keys = ", ".join(map(repr, list(obj)[:5])) or "none"
         return f'missing key "conversations" (keys present: {keys}); {expected}'
-    conv = obj["conversations"]
+    return conversation_problem(obj["conversations"], "conversations", expected)
+
+
+def conversation_problem(conv, key: str, expected: str) -> str | None:
+    """What is wrong with one list of chat messages (``key`` names it in the message), or None:
+    the SFT line rule, shared with each side of a DPO pair."""
     if not isinstance(conv, list) or not conv:
-        return f'"conversations" is {"an empty array" if conv == [] else "a JSON " + json_kind(conv)}; {expected}'
+        return f'"{key}" is {"an empty array" if conv == [] else "a JSON " + json_kind(conv)}; {expected}'
     has_assistant = False
     for k, msg in enumerate(conv):
-        where = f"conversations[{k}]"
+        where = f"{key}[{k}]"
         if not isinstance(msg, dict):
             return f"{where} is a JSON {json_kind(msg)}; expected an object with \"role\" and \"content\""
         role = msg.get("role")
@@ -82,13 +87,13 @@ def validate_sft(line: bytes) -> str | None:
             return f'{where} ({role}) "content" is a JSON {json_kind(content)}; expected a string'
         if role == "assistant":
             has_assistant = True
-        for key, want in (("tools", list), ("functions", list), ("tool_calls", list)):
-            bad = _check_json_field(msg, key, where, want)
+        for field, want in (("tools", list), ("functions", list), ("tool_calls", list)):
+            bad = _check_json_field(msg, field, where, want)
             if bad:
                 return bad
     if not has_assistant:
         roles = ", ".join(str(m.get("role")) for m in conv[:6])
-        return (f'no assistant turn (roles: {roles}); '
+        return (f'{"" if key == "conversations" else key + ": "}no assistant turn (roles: {roles}); '
                 'expected at least one {"role": "assistant", ...} to train on')
     return None
 
