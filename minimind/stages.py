@@ -152,6 +152,9 @@ def loaded_weights(cfg: DictConfig) -> List[Tuple[str, str]]:
 def preflight_stage(cfg: DictConfig, run_dir: Path) -> None:
     """Stage checks that read the file system (no torch): weights files, overwrites (the ``???``
     keys a preset leaves: :func:`minimind.required.refuse_missing`, before this)."""
+    if is_dpo(cfg) and cfg.data.get("packing"):
+        raise ConfigError("data.packing=true with objective=dpo: a DPO batch is chosen/rejected pairs whose "
+                          "log-probs are summed per row, so its rows cannot be packed; use data.packing=false")
     for key, path in loaded_weights(cfg):
         if key != "model.from_weight" and not Path(path).is_file():  # that one: train.preflight
             raise ConfigError(f"{key}={path!r}: no such file (expected a .pth or .safetensors state dict "

@@ -245,3 +245,11 @@ def test_a_dpo_sweep_and_its_report(tmp_path):
     assert rep.returncode == 0, rep.stderr
     assert "beta=0.1" in rep.stdout and "beta=0.5" in rep.stdout and "2 jobs: 2 completed" in rep.stdout
     assert Path(sweep / "report.csv").is_file()
+
+
+def test_dpo_refuses_packing(cfg_factory, tmp_path):
+    from minimind.train import preflight
+
+    cfg = cfg_factory(["objective=dpo", "data=dpo", f"data.path={DEMO['dpo']}", "data.packing=true"])
+    with pytest.raises(ConfigError, match="data.packing=true with objective=dpo"):
+        preflight(cfg, tmp_path / "run")
