@@ -36,12 +36,12 @@ def test_the_console_sample_is_the_real_line_with_its_prefix():
     assert lines and all(len(line) <= 120 for line in lines)
     line = next(line for line in lines if "Epoch:[" in line)
     m = re.fullmatch(r"\[\d\d:\d\d:\d\d\] Epoch:\[(\d+)/(\d+)\]\((\d+)/(\d+)\) loss:(\S+) lr:(\S+) "
-                     r"grad_norm:(\S+) tok/s:(\d+) ETA:(\d+)m(\d+)s", line)
+                     r"grad_norm:(\S+) tok/s:(\d+)/(\d+) ETA:(\d+)m(\d+)s", line)
     assert m, line
-    e, es, step, total, loss, lr, gn, tps, mins, secs = m.groups()
+    e, es, step, total, loss, lr, gn, tps, ltps, mins, secs = m.groups()
     values = {"epoch": int(e), "epochs": int(es), "step": int(step), "total_steps": int(total),
               "loss": float(loss), "lr": float(lr), "grad_norm": float(gn), "scale": None, "skipped": 0,
-              "tokens_per_s": float(tps), "eta_s": int(mins) * 60 + int(secs)}
+              "tokens_per_s": float(tps), "loss_tokens_per_s": float(ltps), "eta_s": int(mins) * 60 + int(secs)}
     assert line[11:] == console_line(values)  # what the code prints, not a hand-written copy
     assert any("if it stops, continue it with: python launch.py hydra.run.dir=outputs/" in x for x in lines)
 
