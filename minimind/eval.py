@@ -190,7 +190,9 @@ def evaluate(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         load_weights(model, weights)
         model.to(dist.device)
         precision = build_precision(cfg.precision, dist.device)
-        objective = instantiate(cfg.objective)
+        from minimind.stages import build_part
+
+        objective = build_part(cfg.objective)  # the objective node's keys its target takes (as train.py)
         objective.setup(model=model, autocast=precision.autocast, device=dist.device)
         prompts = args.prompt if args.prompt is not None else list(OmegaConf.select(cfg, "loop.eval_prompts") or [])
         evaluator = Evaluator(heldout, objective=objective, dist=dist, batch_size=cfg.data.batch_size,
