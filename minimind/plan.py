@@ -42,12 +42,12 @@ def _compose(overrides: List[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
-def plan(args: Sequence[str]) -> Dict[str, Any]:
-    """The sweep ``launch.py -m args`` would launch: ``{"sweep_dir", "launcher", "resources",
-    "jobs": [{"num", "overrides", "folder"}]}``. Raises :class:`PlanError`."""
+def expand(args: Sequence[str]):
+    """``(base config, job override lists, hydra overrides)`` of ``launch.py -m args``: the
+    config composed with the overrides that are not sweeps (Hydra's own tree and the sweeper's
+    params included), the jobs in the BasicSweeper's order. Raises :class:`PlanError`."""
     from omegaconf import OmegaConf
 
-    from minimind.config import validate
     from minimind.report.hydra_sweep import expand_sweep, split_command_line
     from minimind.report.reading import last_line
 
@@ -67,6 +67,18 @@ def plan(args: Sequence[str]) -> Dict[str, Any]:
         jobs, _, _ = expand_sweep({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})
     except ValueError as e:
         raise PlanError(str(e)) from None
+    return base, jobs, hydra_side
+
+
+def plan(args: Sequence[str]) -> Dict[str, Any]:
+    """The sweep ``launch.py -m args`` would launch: ``{"sweep_dir", "launcher", "resources",
+    "jobs": [{"num", "overrides", "folder"}]}``. Raises :class:`PlanError`."""
+    from omegaconf import OmegaConf
+
+    from minimind.config import validate
+    from minimind.report.reading import last_line
+
+    base, jobs, hydra_side = expand(args)
     sweep_dir = str(base.hydra.sweep.dir)  # resolved once, as Hydra does at launch
     launcher = OmegaConf.to_container(base.hydra.launcher, resolve=False)
     out = []

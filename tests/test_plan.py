@@ -60,6 +60,10 @@ def test_plan_matches_what_launch_m_launches(tmp_path):
     assert not sweep.exists()
     r = run_launch(["-m"] + args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # the launching process says the folder first and the report command last (no launcher)
+    assert r.stdout.splitlines()[0] == f"sweep: 4 jobs in {sweep} (one after another in this process)"
+    assert r.stdout.splitlines()[-1] == (f"sweep done: 4 completed; folder {sweep}; compare the jobs: "
+                                         f"python -m minimind.report {sweep}")
     p = mplan.plan(args)
     launched = sorted(int(d.name) for d in sweep.iterdir() if d.is_dir() and d.name.isdigit())
     assert launched == [j["num"] for j in p["jobs"]] == [0, 1, 2, 3]
