@@ -43,7 +43,7 @@ def _compose(overrides: List[str]):
 
 
 def expand(args: Sequence[str]):
-    """``(base config, job override lists, hydra overrides)`` of ``launch.py -m args``: the
+    """``(base config, job override lists, hydra overrides, swept keys)`` of ``launch.py -m args``: the
     config composed with the overrides that are not sweeps (Hydra's own tree and the sweeper's
     params included), the jobs in the BasicSweeper's order. Raises :class:`PlanError`."""
     from omegaconf import OmegaConf
@@ -64,10 +64,10 @@ def expand(args: Sequence[str]):
         raise PlanError(last_line(e) or repr(e)) from None
     sweeper = OmegaConf.to_container(base.hydra.sweeper, resolve=False)
     try:
-        jobs, _, _ = expand_sweep({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})
+        jobs, swept, _ = expand_sweep({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})
     except ValueError as e:
         raise PlanError(str(e)) from None
-    return base, jobs, hydra_side
+    return base, jobs, hydra_side, swept
 
 
 def plan(args: Sequence[str]) -> Dict[str, Any]:
@@ -78,7 +78,7 @@ def plan(args: Sequence[str]) -> Dict[str, Any]:
     from minimind.config import validate
     from minimind.report.reading import last_line
 
-    base, jobs, hydra_side = expand(args)
+    base, jobs, hydra_side, swept = expand(args)
     sweep_dir = str(base.hydra.sweep.dir)  # resolved once, as Hydra does at launch
     launcher = OmegaConf.to_container(base.hydra.launcher, resolve=False)
     out = []
@@ -95,17 +95,31 @@ def plan(args: Sequence[str]) -> Dict[str, Any]:
         out.append({"num": num, "overrides": list(overrides), "folder": f"{sweep_dir}/{cfg.hydra.sweep.subdir}"})
     target = str(launcher.get("_target_") or "")
     resources = {k: launcher[k] for k in RESOURCE_KEYS if k in launcher} if "submitit" in target else {}
+    if target.endswith(".LocalLauncher"):  # what the launching process will decide (sweep_launch)
+        from minimind.sweep_launch import local_sizing
+
+        resources["sized"] = local_sizing(base, len(jobs))
     return {"sweep_dir": sweep_dir, "launcher": target.rsplit(".", 1)[-1] or "BasicLauncher",
-            "resources": resources, "jobs": out}
+            "resources": resources, "jobs": out, "swept": swept}
 
 
 def format_plan(p: Dict[str, Any]) -> str:
-    rows = [("job", "overrides", "folder")] + [(str(j["num"]), " ".join(j["overrides"]) or "-", j["folder"])
-                                               for j in p["jobs"]]
+    """The table: job number, the swept overrides, the folder; the overrides every job shares,
+    the launcher and its per-job resources under it."""
+    from minimind.report.reading import split_override
+
+    swept = set(p.get("swept") or [])
+    jobs = p["jobs"]
+    common = [o for o in (jobs[0]["overrides"] if jobs else []) if split_override(o)[0] not in swept]
+    rows = [("job", "overrides", "folder")]
+    rows += [(str(j["num"]), " ".join(o for o in j["overrides"] if o not in common) or "-", j["folder"])
+             for j in jobs]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0].rjust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}".rstrip() for r in rows]
     lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
-    n = len(p["jobs"])
+    n = len(jobs)
+    if common:
+        lines.append("every job: " + " ".join(common))
     lines.append(f"{n} job{'s' if n != 1 else ''} in {p['sweep_dir']}, launcher {p['launcher']}")
     if p["resources"]:
         lines.append("per job: " + ", ".join(f"{k}={v}" for k, v in p["resources"].items()))
@@ -132,5 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as minimind.plan, so that its PlanError is the one sweep_launch raises
+    from minimind import plan as _plan
+
+    sys.exit(_plan.main())

@@ -61,6 +61,22 @@ def _is_local(base) -> bool:
     return str(base.hydra.launcher.get("_target_", "")).endswith(".LocalLauncher")
 
 
+def _size(base, jobs: int, env) -> Tuple[int, int]:
+    launcher = base.hydra.launcher
+    cpus = launcher.get("cpus_per_task")
+    omp = env.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cpus = int(omp)  # it wins in every job: count what the jobs will use
+    return size_local(jobs, cores(), cpus, launcher.get("tasks_per_node") or 1,
+                      base.hydra.sweeper.get("max_batch_size"))
+
+
+def local_sizing(base, jobs: int, env: Optional[Dict[str, str]] = None) -> str:
+    """What :func:`prepare` will decide for the local launcher, in words (for the plan)."""
+    at_once, cpus = _size(base, jobs, os.environ if env is None else env)
+    return f"{min(at_once, jobs)} at a time x {cpus} thread(s) on {cores()} cores"
+
+
 def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[str]:
     """The overrides to add to a ``-m`` command line (the sweep folder; for the local launcher
     the sizing), after printing the sweep's first line. Sets ``OMP_NUM_THREADS`` in ``env``
@@ -68,7 +84,7 @@ def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[s
     env = os.environ if env is None else env
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     try:
-        base, jobs, hydra_side = expand(overrides)
+        base, jobs, hydra_side, _ = expand(overrides)
     except PlanError:
         return []  # Hydra says what is wrong with it (or another sweeper runs it)
     extra: List[str] = []
@@ -80,13 +96,8 @@ def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[s
     how = "one after another in this process"
     if _is_local(base):
         launcher = base.hydra.launcher
-        cpus = launcher.get("cpus_per_task")
-        omp = env.get("OMP_NUM_THREADS", "")
-        if omp.isdigit() and int(omp) > 0:
-            cpus = int(omp)  # it wins in every job: count what the jobs will use
-        at_once = base.hydra.sweeper.get("max_batch_size")
         n = cores()
-        at_once, cpus = size_local(len(jobs), n, cpus, launcher.get("tasks_per_node") or 1, at_once)
+        at_once, cpus = _size(base, len(jobs), env)
         if base.hydra.sweeper.get("max_batch_size") is None:
             extra.append(f"hydra.sweeper.max_batch_size={at_once}")
         if launcher.get("cpus_per_task") is None:

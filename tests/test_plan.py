@@ -9,6 +9,7 @@ from conftest import FAST, run_launch
 from minimind import plan as mplan
 
 GRID = ["optim.grad_clip=0.5,1.0", "optim.accumulation_steps=1,2"]
+KEYS = ("optim.grad_clip", "optim.accumulation_steps")
 
 
 def test_grid_numbering_and_folders(tmp_path):
@@ -37,6 +38,20 @@ def test_slurm_resources_come_from_the_launcher_config(capsys):
     assert out[-2] == "2 jobs in /x/sw, launcher SlurmLauncher"
     assert out[-1].startswith("per job: partition=None, qos=None, account=None, nodes=1, tasks_per_node=1, "
                               "gpus_per_node=1, cpus_per_task=3, mem_gb=64, timeout_min=240")
+
+
+def test_local_launcher_shows_how_it_will_be_sized(monkeypatch, capsys):
+    from minimind import sweep_launch
+
+    monkeypatch.setattr(sweep_launch, "cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert mplan.main(GRID + ["device=cpu", "hydra/launcher=local", "hydra.sweep.dir=/x/sw"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].split() == ["0", "optim.grad_clip=0.5", "optim.accumulation_steps=1", "/x/sw/0"]
+    assert out[-3:-1] == ["every job: device=cpu", "4 jobs in /x/sw, launcher LocalLauncher"]
+    assert out[-1].endswith("sized=2 at a time x 1 thread(s) on 2 cores")
+    assert mplan.main(GRID + ["hydra/launcher=local", "hydra.launcher.cpus_per_task=3"]) == 2
+    assert capsys.readouterr().err.startswith("Error: hydra/launcher=local: one job needs 1 task(s) x 3 CPUs")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -73,7 +88,9 @@ def test_plan_matches_what_launch_m_launches(tmp_path):
         assert j["folder"] == str(sweep / str(j["num"]))
         hydra_job = yaml.safe_load((sweep / str(j["num"]) / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]
         assert hydra_job["num"] == j["num"]
-        # the printed table names the same overrides and folder
-        assert f"{' '.join(j['overrides'])}  {j['folder']}" in listed.stdout
+        # the printed table: the swept overrides and the folder per job, the shared ones once
+        swept = " ".join(o for o in j["overrides"] if o.split("=")[0] in KEYS)
+        assert f"{j['num']}  {swept}  {j['folder']}" in listed.stdout
+    assert "every job: " + " ".join(FAST + ["loop.max_steps=2", "loop.log_interval=1"]) in listed.stdout
     multirun = yaml.safe_load((sweep / "multirun.yaml").read_text())
     assert multirun["hydra"]["overrides"]["task"] == FAST + GRID + ["loop.max_steps=2", "loop.log_interval=1"]
