@@ -17,6 +17,7 @@ After: one line with the jobs' states, the sweep folder and the report command.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +58,16 @@ def size_local(jobs: int, n_cores: int, cpus: Optional[int] = None, tasks: int =
     return at_once, cpus
 
 
+def override(key: str, value: str) -> str:
+    """``key=value`` as the override grammar reads it back: quoted unless plain."""
+    if re.fullmatch(r"[\w./:+-]+", value):
+        return f"{key}={value}"
+    # Hydra's quoted values: backslashes are literal except before a quote or at the end
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return f"{key}='{text}'"
+
+
 def _is_local(base) -> bool:
     return str(base.hydra.launcher.get("_target_", "")).endswith(".LocalLauncher")
 
@@ -91,7 +102,7 @@ def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[s
     given = {o.split("=", 1)[0].lstrip("+") for o in hydra_side}
     sweep_dir = str(base.hydra.sweep.dir)
     if "hydra.sweep.dir" not in given:
-        extra.append(f"hydra.sweep.dir={sweep_dir}")
+        extra.append(override("hydra.sweep.dir", sweep_dir))
     _SWEEP["dir"] = sweep_dir
     how = "one after another in this process"
     if _is_local(base):

@@ -61,6 +61,15 @@ def test_prepare_without_launcher_fixes_the_sweep_dir(capsys):
     assert capsys.readouterr().out == ""  # once
 
 
+@pytest.mark.parametrize("value", ["multirun/2026-12-02/03-00-00", "my sweeps/a,b", "it's=${x}",
+                                   "c:\\tmp\\x", "a\\'b\\"])
+def test_the_fixed_sweep_dir_parses_back(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(sweep_launch.override("hydra.sweep.dir", value))
+    assert parsed.key_or_group == "hydra.sweep.dir" and parsed.value() == value
+
+
 @pytest.mark.slow
 def test_local_sweep_end_to_end(tmp_path):
     sweep = tmp_path / "sw"
