@@ -31,6 +31,10 @@ if __name__ == "__main__":
     from pathlib import Path
 
     from minimind.cli import before_hydra
+    from minimind.sweep_launch import finish
 
     before_hydra(Path(__file__).resolve().parent / "conf", prog="launch.py")  # --help, bad overrides
-    main()
+    try:
+        main()
+    finally:
+        finish()  # a -m command's last line: the sweep folder and the report command

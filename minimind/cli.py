@@ -47,6 +47,11 @@ def before_hydra(conf: Path, prog: str) -> None:
             print(f"Error: {problem}", file=sys.stderr)
             sys.exit(2)
 
+    if rank() == 0:  # a -m command: the sweep folder said once, the local launcher sized to the cores
+        from minimind.sweep_launch import before_hydra as sweep_before_hydra
+
+        sweep_before_hydra(sys.argv)
+
     # under torchrun or SLURM tasks every rank composes the config; only rank 0 writes .hydra/
     if rank() > 0 and not any(a.startswith("hydra.output_subdir=") for a in sys.argv):
         sys.argv.append("hydra.output_subdir=null")
@@ -71,4 +76,9 @@ def main() -> None:
     script = Path(sys.argv[0]).name
     prog = "python -m minimind" if script == "__main__.py" else "minimind-train"
     before_hydra(conf, prog)
-    hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(task)()
+    from minimind.sweep_launch import finish
+
+    try:
+        hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(task)()
+    finally:
+        finish()  # a -m command's last line: the sweep folder and the report command

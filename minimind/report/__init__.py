@@ -8,10 +8,14 @@
 One row per job (ordered by job number): the swept overrides, the status (completed, failed,
 running, interrupted, pending; ``(requeued Nx)`` when SLURM restarted it), final and best loss,
 the last and best held-out val loss (jobs that evaluate; also dots in the curves), optimizer
-steps, tokens/s, skipped (overflow) steps, grad-norm median and max, wall time and, for a failed
-job, the last line of its error. The table goes to stdout, the same rows to
-``<sweep dir>/report.csv`` and the loss curves to ``<sweep dir>/report.png`` (one colour per
-``--color-by`` value, one panel per ``--split-by`` value).
+steps, tokens/s, skipped (overflow) steps, grad-norm median and max, wall time, what the update
+step did (tokens seen; ``clip_share``: the share of logged steps whose pre-clip gradient norm
+exceeded the job's grad_clip, None when clipping is off; the fp16 loss scale's first, last and
+lowest value) and, for a failed job, the last line of its error. The table goes to stdout, the
+same rows to ``<sweep dir>/report.csv``, a markdown table with one "what the update step did"
+paragraph per job to ``<sweep dir>/report.md``, and the curves to ``<sweep dir>/report.png``:
+loss, val loss and pre-clip grad norm (with each job's clip threshold) against tokens seen, one
+colour per ``--color-by`` value, one panel per ``--split-by`` value.
 
 The job list comes from the sweep definition in ``multirun.yaml`` (``hydra.sweeper.params`` and
 ``hydra.overrides.task``, expanded in the BasicSweeper's order with Hydra's own parser), so a job
@@ -24,7 +28,8 @@ One module per concern:
 - ``hydra_sweep``: the BasicSweeper's expansion of ``multirun.yaml``, the only use of Hydra internals
 - ``submitit_files``: ``.submitit/<job id>/``, the only module that knows submitit's files and pickles
 - ``jobs``: one job's events, metrics and summary -> its row
-- ``table``: the text table and the CSV; ``plotting``: the loss curves; ``cli``: the command
+- ``update_step``: clipping, loss scale and tokens from a job's training rows; its paragraph
+- ``table``: the text table, the CSV and report.md; ``plotting``: the curves; ``cli``: the command
 - ``reading``: tolerant readers of half-written files, shared by the others
 
 Python API: :func:`collect`, :func:`write_csv`, :func:`plot`, :func:`format_table`, :func:`main`.

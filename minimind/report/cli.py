@@ -1,4 +1,4 @@
-"""``python -m minimind.report SWEEP``: the table on stdout, report.csv and report.png beside it."""
+"""``python -m minimind.report SWEEP``: the table on stdout, report.csv, report.md and report.png beside it."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from typing import Optional, Sequence
 from minimind.report.plotting import DEFAULT_COLOR_BY, DEFAULT_SPLIT_BY, plot
 from minimind.report.reading import last_line
 from minimind.report.sweep import SweepError, collect
-from minimind.report.table import format_table, write_csv
+from minimind.report.table import format_table, write_csv, write_markdown
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m minimind.report",
-        description="Compare the jobs of a Hydra multirun sweep: a table on stdout, report.csv "
-                    "and report.png (loss curves) in the sweep dir.")
+        description="Compare the jobs of a Hydra multirun sweep: a table on stdout, report.csv, "
+                    "report.md and report.png (loss and grad norm vs tokens) in the sweep dir.")
     p.add_argument("sweep_dir", help="the sweep directory, e.g. multirun/2026-11-28/12-00-00")
     p.add_argument("--csv", metavar="PATH", help="where to write the CSV (default: <sweep dir>/report.csv)")
     p.add_argument("--png", metavar="PATH", help="where to write the plot (default: <sweep dir>/report.png)")
+    p.add_argument("--md", metavar="PATH", help="where to write the markdown report (default: <sweep dir>/report.md)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     p.add_argument("--color-by", metavar="KEY", default=DEFAULT_COLOR_BY,
                    help=f"one colour per value of this key (default: {DEFAULT_COLOR_BY})")
@@ -48,6 +49,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wrote {csv_path}", file=sys.stderr)
     except OSError as e:
         print(f"minimind.report: error: cannot write {csv_path}: {e}", file=sys.stderr)
+        rc = 1
+    md_path = Path(args.md) if args.md else sweep / "report.md"
+    try:
+        write_markdown(rows, md_path, title=str(sweep))
+        print(f"wrote {md_path}", file=sys.stderr)
+    except OSError as e:
+        print(f"minimind.report: error: cannot write {md_path}: {e}", file=sys.stderr)
         rc = 1
     if not args.no_plot:
         png_path = Path(args.png) if args.png else sweep / "report.png"

@@ -48,3 +48,30 @@ def expand_sweep(multirun: Dict[str, Any]) -> Tuple[List[List[str]], List[str], 
     except (TypeError, ValueError):
         mbs = None
     return jobs, swept, mbs
+
+
+def split_command_line(args: List[str]) -> Tuple[List[str], List[str], List[str]]:
+    """A ``-m`` command line's overrides as Hydra's config loader splits them:
+    ``(hydra_overrides, task_overrides, fixed_task_overrides)``. ``hydra.*`` / ``hydra/*`` keys
+    configure Hydra (the launcher, the sweep dir; Hydra refuses to sweep them), the rest are the
+    task overrides the BasicSweeper expands; ``fixed`` are the task overrides that are not
+    sweeps (what composes the sweeper's own config, e.g. an ``experiment=`` with
+    ``hydra.sweeper.params``). Raises ``ValueError`` (one line) for a line Hydra cannot parse
+    or a sweep over Hydra's config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args))
+    except Exception as e:  # noqa: BLE001 - hydra's OverrideParseException: say its first line
+        raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from None
+    hydra_side, task, fixed = [], [], []
+    for o in parsed:
+        if o.is_hydra_override():
+            if o.is_sweep_override():
+                raise ValueError(f"sweeping over Hydra's configuration is not supported: '{o.input_line}'")
+            hydra_side.append(o.input_line)
+        else:
+            task.append(o.input_line)
+            if not o.is_sweep_override():
+                fixed.append(o.input_line)
+    return hydra_side, task, fixed

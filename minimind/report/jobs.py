@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from minimind.report.reading import finite_numbers, last_line, load_yaml, number, read_json, read_jsonl, split_override
 from minimind.report.submitit_files import SubmititJob
+from minimind.report.update_step import job_grad_clip, tokens_at, update_stats
 
 TERMINAL = ("completed", "failed", "interrupted")
 # short names for the compact overrides column; any other key shows its last component
@@ -113,6 +114,9 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
     steps = pick("optimizer_steps", "step")
     skipped = pick("skipped_steps", "skipped")
 
+    update = update_stats(metrics, job_grad_clip(job_dir, summary))
+    if update["tokens"] is None:
+        update["tokens"] = int(number((summary or {}).get("tokens")) or 0) or None
     params = dict(split_override(o) for o in overrides)
     labels = label_keys(swept)
     row: Dict[str, Any] = {
@@ -141,6 +145,9 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
         "curve": _curve(metrics),
         "val_curve": val_curve,
     }
+    # the update step (clipping, loss scale, tokens) and the curves against tokens seen
+    row.update(update)
+    row["val_token_curve"] = tokens_at(metrics, val_curve)
     return row
 
 

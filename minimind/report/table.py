@@ -1,4 +1,4 @@
-"""The rows as text: an aligned table for the terminal, and CSV with raw numbers.
+"""The rows as text: an aligned table for the terminal, CSV with raw numbers, and report.md.
 
 The table is for reading (rounded losses, ``6m13s``, errors clipped to 100 characters); the CSV
 for further work (every float as ``repr``, wall time in seconds, one column per swept key).
@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 CSV_FIELDS = ["job", "overrides", "status", "requeues", "final_loss", "best_loss", "val_loss", "best_val_loss",
               "best_val_step", "optimizer_steps",
               "tokens_per_s", "skipped_steps", "grad_norm_median", "grad_norm_max", "wall_time_s",
-              "error", "all_overrides", "job_dir", "submitit_job_id"]
+              "tokens", "grad_clip", "logged_steps", "clipped_steps", "clip_share",
+              "scale_first", "scale_last", "scale_min", "error", "all_overrides", "job_dir", "submitit_job_id"]
 
 
 def _fmt_float(v: Optional[float], digits: int = 4) -> str:
@@ -53,8 +54,16 @@ _TABLE = [  # header, row -> text, right-aligned
     ("gnorm med", lambda r: _fmt_float(r["grad_norm_median"], 3), True),
     ("gnorm max", lambda r: _fmt_float(r["grad_norm_max"], 3), True),
     ("wall", lambda r: _fmt_duration(r["wall_time_s"]), True),
+    ("tokens", lambda r: _fmt_int(r.get("tokens")), True),
+    ("clipped", lambda r: _fmt_share(r.get("clip_share")), True),
+    ("scale", lambda r: "-" if r.get("scale_first") is None else
+     f"{r['scale_first']:g}->{r['scale_last']:g} (min {r['scale_min']:g})", True),
     ("error", lambda r: _clip(r["error"] or "", 100), False),
 ]
+
+
+def _fmt_share(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.0%}"
 
 
 def _clip(text: str, width: int) -> str:
@@ -65,7 +74,9 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     """The rows as an aligned plain-text table, with a status count line at the end. The val
     columns appear when some job evaluated held-out data."""
     evaluated = any(r.get("val_loss") is not None for r in rows)
-    columns = [c for c in _TABLE if evaluated or c[0] not in ("val loss", "best val")]
+    scaled = any(r.get("scale_first") is not None for r in rows)  # fp16 jobs
+    columns = [c for c in _TABLE if (evaluated or c[0] not in ("val loss", "best val"))
+               and (scaled or c[0] != "scale")]
     cells = [[fn(r) for _, fn, _ in columns] for r in rows]
     headers = [h for h, _, _ in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
@@ -120,4 +131,35 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: Any) -> Path:
                     v = r.get(k)
                 values.append(_csv_value(v))
             w.writerow(values)
+    return path
+
+
+def write_markdown(rows: Sequence[Dict[str, Any]], path: Any, title: str = "") -> Path:
+    """report.md, for notes and PRs: the table as a markdown table, then per job a paragraph on
+    what the update step did (computed from its numbers, see :func:`update_step.describe`)."""
+    from minimind.report.update_step import describe
+
+    path = Path(path)
+    evaluated = any(r.get("val_loss") is not None for r in rows)
+    scaled = any(r.get("scale_first") is not None for r in rows)
+    columns = [c for c in _TABLE if c[0] != "error" and (evaluated or c[0] not in ("val loss", "best val"))
+               and (scaled or c[0] != "scale")]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = [f"# Sweep report: {title}" if title else "# Sweep report", ""]
+    out.append("| " + " | ".join(h for h, _, _ in columns) + " |")
+    out.append("|" + "|".join("---:" if right else "---" for _, _, right in columns) + "|")
+    out += ["| " + " | ".join(cell(fn(r)) for _, fn, _ in columns) + " |" for r in rows]
+    out += ["", "clipped: share of logged steps whose pre-clip gradient norm exceeded the job's grad_clip; "
+                "tokens: input tokens seen.", "", "## What the update step did", ""]
+    for r in rows:
+        name = r["overrides"] or " ".join(r["all_overrides"]) or "-"
+        text = describe(r)
+        if r.get("error"):
+            text += f" Failed: {_clip(r['error'], 200)}"
+        out += [f"- **job {r['job']}** ({cell(name)}, {r['status']}): {text}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
     return path
