@@ -253,7 +253,9 @@ def test_two_ddp_ranks_equal_one_process_for_dpo(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     one, two = final_model(tmp_path / "one")["model"], final_model(tmp_path / "two")["model"]
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
+        # atol 5e-5: each rank trims its own rows (other matmul shapes than one process's batch), and
+        # DPO's summed log-probs pass that rounding through a sigmoid for 12 steps at lr 2e-3
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=lambda m: f"{key}: {m}")
     for a, b in zip(metric_lines(tmp_path / "one"), metric_lines(tmp_path / "two")):
         assert a["step"] == b["step"]
         for key in ("loss", "reward_acc", "margin"):
