@@ -112,6 +112,8 @@ def kill_and_resume(run: Path, args, cwd: Path, kills: int, rng: random.Random, 
             if proc.poll() is None:
                 proc.kill()
                 done += 1
+            elif proc.wait() == 0:  # it finished before the kill came (a short run on a fast moment)
+                return done
             proc.wait()
             continue
         out, _ = proc.communicate(timeout=300)
