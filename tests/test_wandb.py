@@ -115,7 +115,8 @@ def test_an_offline_run_holds_its_config_and_summary_and_resumes_its_clock(tmp_p
     assert summary["status"] == "completed" and summary["optimizer_steps"] == 10
     assert summary["final_loss"] == json.loads((run / "summary.json").read_text())["final_loss"]
 
-    r = run_launch(common + ["loop.max_steps=20", "loop.resume_changes=allow"], cwd=tmp_path)  # continues the same run to step 20
+    # continues the same run to step 20 (a longer run: a change the resume must be allowed)
+    r = run_launch(common + ["loop.max_steps=20", "loop.resume_changes=allow"], cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # the same wandb id
