@@ -129,9 +129,9 @@ class UpdateStep:
 class Trainer:
     """``conf/loop/*.yaml`` builds this from its own keys plus the parts the other groups built.
 
-    (About 260 lines, over the house's 250: the run's bookkeeping for the user (clock over
-    resumes, samples trained on, truncation notes, where the weights went) sits beside the
-    step; the checkpoint half (state_dict / save / restore) is the next thing to move out.)"""
+    What a resume does lives in :mod:`minimind.resume`, the NaN policy in
+    :mod:`minimind.nonfinite`, evaluation in :mod:`minimind.evaluate`; the checkpoint's contents
+    (state_dict / save) are the next candidate to move out if the class grows."""
 
     def __init__(self, *, epochs: int, max_steps: Optional[int], log_interval: int, save_interval: int,
                  save_dir: Optional[str], save_weight: Optional[str], weights_format: str, keep_last: int,
