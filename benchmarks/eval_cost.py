@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from common import positive_int
+from common import emit, positive_int
 from step import compose_config
 
 DEMO_PROMPTS = ["What is the capital of Zorvia?", "What is 12 + 30?", "Spell the word tiger."]
@@ -138,11 +137,7 @@ def report(r: Dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,12 @@ The weights keep training across variants (the step's cost does not depend on th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from common import positive_int
+from common import emit, positive_int
 from probes import cpu_name
 
 
@@ -163,10 +161,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
-    print(format_result(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return emit(result, format_result(result), args.json)
 
 
 if __name__ == "__main__":
