@@ -103,6 +103,15 @@ def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[s
     sweep_dir = str(base.hydra.sweep.dir)
     if "hydra.sweep.dir" not in given:
         extra.append(override("hydra.sweep.dir", sweep_dir))
+    if "hydra.sweep.dir" in given:  # a relaunch: the same jobs or none (sweep_resume)
+        from pathlib import Path
+
+        from minimind.sweep_resume import SweepMismatch, check_job_list
+
+        try:
+            check_job_list(Path(sweep_dir), jobs)
+        except SweepMismatch as e:
+            raise PlanError(str(e)) from None
     _SWEEP["dir"] = sweep_dir
     how = "one after another in this process"
     if _is_local(base):

@@ -204,6 +204,21 @@ def _submitted_job_num(folder: Path, job_id: str) -> Optional[int]:
     return None
 
 
+def job_ids(sweep: Path) -> Dict[str, int]:
+    """SLURM / local job id -> Hydra job number, for every job submitit's folder records (a job
+    relaunched into the sweep has several ids), from each ``<job id>_submitted.pkl``."""
+    root = sweep / FOLDER
+    if not root.is_dir():
+        return {}
+    out: Dict[str, int] = {}
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and "%" not in folder.name:
+            num = _submitted_job_num(folder, folder.name)
+            if num is not None:
+                out[folder.name] = num
+    return out
+
+
 def scan(sweep: Path, ids_from_jobs: Dict[str, int], max_batch_size: Optional[int]) -> Dict[int, SubmititJob]:
     """Job number -> what its submitit folder says. The number comes from ``ids_from_jobs`` (job
     id -> number, from the jobs' ``.hydra/hydra.yaml``), else from the submission pickle, else

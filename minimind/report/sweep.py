@@ -42,7 +42,7 @@ def _check_sweep_dir(sweep: Path) -> None:
     raise SweepError(f"{sweep}: not a sweep dir (no multirun.yaml and no job dirs with .hydra/){hint}")
 
 
-def _job_dirs(sweep: Path) -> Dict[int, Path]:
+def job_dirs(sweep: Path) -> Dict[int, Path]:
     """Job number -> job dir: numbered dirs (``hydra.sweep.subdir=${hydra.job.num}``), or any
     dir whose ``.hydra/hydra.yaml`` names its ``hydra.job.num``."""
     dirs: Dict[int, Path] = {}
@@ -95,7 +95,7 @@ def collect(sweep_dir: Any) -> List[Dict[str, Any]]:
         except Exception:  # noqa: BLE001 - another sweeper: only the jobs on disk
             expected, swept = [], []
 
-    dirs = _job_dirs(sweep)
+    dirs = job_dirs(sweep)
     ids: Dict[str, int] = {}
     if submitit_files.present(sweep):
         for num, d in dirs.items():
@@ -107,7 +107,7 @@ def collect(sweep_dir: Any) -> List[Dict[str, Any]]:
     nums = sorted(set(range(len(expected))) | set(dirs) | ({n for n in subs if n < len(expected)}
                                                              if expected else set(subs)))
     if not swept:  # not expandable: the keys whose values differ between jobs
-        swept = _varying_keys([_overrides_on_disk(dirs.get(n)) for n in nums])
+        swept = varying_keys([_overrides_on_disk(dirs.get(n)) for n in nums])
     rows = []
     for n in nums:
         overrides = expected[n] if n < len(expected) else []
@@ -125,7 +125,7 @@ def _overrides_on_disk(job_dir: Optional[Path]) -> List[str]:
     return [str(x) for x in data] if isinstance(data, list) else []
 
 
-def _varying_keys(override_lists: List[List[str]]) -> List[str]:
+def varying_keys(override_lists: List[List[str]]) -> List[str]:
     keys: List[str] = []
     values: Dict[str, set] = {}
     for lst in override_lists:

@@ -1,0 +1,413 @@
+"""Relaunching a sweep: what each of its jobs already did, and running only the rest.
+
+Hydra numbers a sweep's jobs from 0 at every launch and reruns all of them (hydra #3328), so a
+sweep whose launching process died, or whose jobs partly failed, starts over and overwrites its
+own folders. Here the same ``-m`` command run again with ``hydra.sweep.dir=<that sweep>`` reads
+every job's folder first (:func:`read_jobs`):
+
+* ``completed`` (its summary.json and its last attempt say so): not launched again; its result
+  is read back and returned to Hydra as that job's return value;
+* ``running``: its run folder is locked by a live process (a local job that outlived its
+  launcher) or SLURM still has it queued or running (``squeue``, the job ids from submitit's
+  folder): not submitted twice; the relaunch waits for it and then reads it like the others;
+* ``unfinished`` (killed, preempted, interrupted), ``failed`` and ``new``: launched under their
+  own job number, into their own folder, where ``loop.resume=auto`` continues from the last
+  checkpoint (a failed job too: after fixing the cause, only its remaining steps run).
+
+A relaunch whose job list differs from the one the sweep was made with (``multirun.yaml``, and
+each job's ``.hydra/overrides.yaml``) is refused before anything runs, with the differences.
+Jobs are launched in runs of consecutive numbers (the launchers number a batch from its first
+job), at most ``max_batch_size`` at once, as the BasicSweeper would. While a submitit launcher
+runs them, :class:`JobLines` prints each job's start and end (their output goes to files).
+
+No torch: the launching process only reads files and asks ``squeue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from minimind.report import submitit_files
+from minimind.report.jobs import TERMINAL, _events_status
+from minimind.report.reading import load_yaml, number, read_json, read_jsonl, split_override
+from minimind.report.sweep import job_dirs, varying_keys
+
+log = logging.getLogger("minimind.sweep")
+
+POLL_S = 5.0  # how often a relaunch looks at the jobs it waits for
+
+
+class SweepMismatch(ValueError):
+    """The relaunch would run other jobs than the sweep folder holds (the message lists them)."""
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: List[str]
+    folder: Optional[Path] = None
+    state: str = "new"  # completed | running | unfinished | failed | new
+    detail: str = ""
+    result: Any = None
+    summary: Dict[str, Any] = field(default_factory=dict)
+
+
+def _overrides_on_disk(folder: Path) -> Optional[List[str]]:
+    try:
+        data = load_yaml(folder / ".hydra" / "overrides.yaml")
+    except Exception:  # noqa: BLE001 - missing or cut short: nothing to compare
+        return None
+    return [str(x) for x in data] if isinstance(data, list) else None
+
+
+def _show(overrides: Optional[Sequence[str]], other: Optional[Sequence[str]]) -> str:
+    """The overrides of one side of a difference, those the other side lacks."""
+    if overrides is None:
+        return "(no such job)"
+    shown = [o for o in overrides if other is None or o not in other]
+    return " ".join(shown) or "(the same overrides in another order)"
+
+
+def differences(before: Sequence[Sequence[str]], now: Sequence[Sequence[str]], ordered: bool = True) -> List[str]:
+    """``job N: <before> -> <now>`` for every job number whose overrides differ."""
+    out = []
+    for n in range(max(len(before), len(now))):
+        a = list(before[n]) if n < len(before) else None
+        b = list(now[n]) if n < len(now) else None
+        same = a == b if ordered else (a is not None and b is not None and sorted(a) == sorted(b))
+        if not same:
+            out.append(f"job {n}: {_show(a, b)} -> {_show(b, a)}")
+    return out
+
+
+def mismatch(sweep_dir: Path, what: str, diffs: List[str]) -> SweepMismatch:
+    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    return SweepMismatch(f"hydra.sweep.dir={sweep_dir} holds {what} that differs from this command's: {shown}. "
+                         "Relaunch it with the overrides it was made with, or give a new hydra.sweep.dir")
+
+
+def previous_jobs(sweep_dir: Path) -> Optional[List[List[str]]]:
+    """The job list the sweep folder was made with (its ``multirun.yaml``), None if there is none."""
+    from minimind.report.hydra_sweep import expand_sweep
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = load_yaml(path)
+        return expand_sweep(data if isinstance(data, dict) else {})[0]
+    except Exception:  # noqa: BLE001 - another sweeper's folder: the jobs' own overrides still count
+        return None
+
+
+def check_job_list(sweep_dir: Path, jobs: Sequence[Sequence[str]], ordered: bool = True) -> None:
+    """Raise :class:`SweepMismatch` when ``jobs`` are not the jobs this sweep folder was made
+    with: its ``multirun.yaml``'s list, and the overrides each existing job folder records."""
+    before = previous_jobs(sweep_dir)
+    if before is not None:
+        diffs = differences(before, jobs, ordered)
+        if diffs:
+            raise mismatch(sweep_dir, f"a sweep of {len(before)} jobs", diffs)
+    if sweep_dir.is_dir():
+        folders = job_dirs(sweep_dir)
+        diffs = []
+        for num, folder in sorted(folders.items()):
+            on_disk = _overrides_on_disk(folder)
+            if on_disk is None:
+                continue
+            want = list(jobs[num]) if num < len(jobs) else None
+            same = want == on_disk if ordered else (want is not None and sorted(want) == sorted(on_disk))
+            if not same:
+                diffs.append(f"job {num} ({folder.name}/): {_show(on_disk, want)} -> {_show(want, on_disk)}")
+        if diffs:
+            raise mismatch(sweep_dir, "job folders", diffs)
+
+
+def refuse_if_different(sweep_dir: Path, jobs: Sequence[Sequence[str]], ordered: bool = True) -> None:
+    """:func:`check_job_list` for a sweeper: the refusal is one logged line and exit code 2."""
+    try:
+        check_job_list(sweep_dir, jobs, ordered)
+    except SweepMismatch as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
+
+
+def live_slurm_jobs(sweep_dir: Path) -> Dict[int, str]:
+    """Job number -> ``"<SLURM id> (<state>)"`` for the sweep's jobs SLURM still has queued or
+    running (the ids submitit's folder records, against ``squeue``); {} without SLURM."""
+    ids = submitit_files.job_ids(sweep_dir)
+    if not ids or shutil.which("squeue") is None:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("squeue did not answer (%s): the sweep's SLURM jobs count as not running", e)
+        return {}
+    if out.returncode != 0:
+        log.warning("squeue failed (%s): the sweep's SLURM jobs count as not running", out.stderr.strip())
+        return {}
+    states = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    live: Dict[int, str] = {}
+    for job_id, num in sorted(ids.items()):
+        if job_id in states:
+            live[num] = f"SLURM job {job_id} ({states[job_id].strip()})"
+    return live
+
+
+def read_job(num: int, overrides: List[str], folder: Optional[Path], live: Dict[int, str]) -> Job:
+    """What job ``num`` did, from its folder, its run-folder lock and SLURM's queue."""
+    from minimind.files import list_checkpoints
+    from minimind.runlock import busy_message
+
+    job = Job(num, list(overrides), folder)
+    if num in live:
+        job.state, job.detail = "running", live[num]
+        return job
+    if folder is None or not folder.is_dir():
+        return job
+    busy = busy_message(folder)
+    if busy:
+        job.state, job.detail = "running", busy
+        return job
+    job.summary = read_json(folder / "summary.json") or {}
+    state, _, error, _ = _events_status(read_jsonl(folder / "events.jsonl"))
+    status = job.summary.get("status")
+    if status == "completed" and state in ("completed", None) and "result" in job.summary:
+        job.state, job.result = "completed", job.summary["result"]
+        job.detail = f"{job.summary.get('result_metric', 'result')} {job.result}"
+        return job
+    saved = list_checkpoints(folder / "checkpoints")
+    if status == "failed" or state == "failed":
+        job.state = "failed"
+        job.detail = str(job.summary.get("error") or error or "see its train.log")
+    else:
+        job.state = "unfinished"
+    job.detail += (f"{'; ' if job.detail else ''}continues from {saved[0].name}" if saved
+                   else f"{'; ' if job.detail else ''}no checkpoint: starts over")
+    return job
+
+
+def read_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]], nums: Optional[Iterable[int]] = None) -> List[Job]:
+    """Every job's state (or those in ``nums``), in job-number order."""
+    folders = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
+    live = live_slurm_jobs(sweep_dir) if sweep_dir.is_dir() else {}
+    wanted = range(len(job_overrides)) if nums is None else sorted(nums)
+    return [read_job(n, list(job_overrides[n]), folders.get(n), live) for n in wanted]
+
+
+def say_states(sweep_dir: Path, jobs: Sequence[Job]) -> None:
+    """The relaunch's first lines: how many jobs are in which state, and what happens to them."""
+    counts: Dict[str, List[int]] = {}
+    for j in jobs:
+        counts.setdefault(j.state, []).append(j.num)
+    what = {"completed": "read back, not run again", "running": "waited for, not submitted again",
+            "unfinished": "continue from their checkpoints", "failed": "run again", "new": "start"}
+    parts = [f"{len(v)} {k} ({what[k]}: {_nums(v)})" for k, v in counts.items()]
+    log.info("relaunch of %s: %s", sweep_dir, "; ".join(parts))
+    for j in jobs:
+        if j.state in ("running", "failed", "unfinished"):
+            log.info("  job %d %s: %s", j.num, j.state, j.detail)
+
+
+def _nums(nums: Sequence[int]) -> str:
+    return ", ".join(str(n) for n in nums[:12]) + (f", ... ({len(nums)})" if len(nums) > 12 else "")
+
+
+def wait_for_running(sweep_dir: Path, jobs: List[Job], poll_s: float = POLL_S) -> List[Job]:
+    """Wait until no job of ``jobs`` runs elsewhere any more; the jobs, read again."""
+    overrides = {j.num: j.overrides for j in jobs}
+    waiting = [j.num for j in jobs if j.state == "running"]
+    if not waiting:
+        return jobs
+    log.info("waiting for job(s) %s, still running: they finish where they run", _nums(waiting))
+    while True:
+        again = {j.num: j for j in _reread(sweep_dir, overrides, waiting)}
+        waiting = [n for n, j in again.items() if j.state == "running"]
+        if not waiting:
+            break
+        time.sleep(poll_s)
+    return _reread(sweep_dir, overrides, sorted(overrides))
+
+
+def _reread(sweep_dir: Path, overrides: Dict[int, List[str]], nums: Sequence[int]) -> List[Job]:
+    folders = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
+    live = live_slurm_jobs(sweep_dir) if sweep_dir.is_dir() else {}
+    return [read_job(n, overrides[n], folders.get(n), live) for n in nums]
+
+
+def job_return(job: Job, task_name: str = "train"):
+    """A Hydra ``JobReturn`` for a job read from disk: its result, or its error."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    if job.state == "completed":
+        return JobReturn(overrides=list(job.overrides), working_dir=str(job.folder), task_name=task_name,
+                         status=JobStatus.COMPLETED, _return_value=job.result)
+    error = RuntimeError(f"job {job.num} {job.state}: {job.detail or 'no result'}")
+    return JobReturn(overrides=list(job.overrides), working_dir=str(job.folder) if job.folder else None,
+                     task_name=task_name, status=JobStatus.FAILED, _return_value=error)
+
+
+def consecutive_chunks(nums: Sequence[int], size: Optional[int]) -> List[List[int]]:
+    """``nums`` (sorted) cut into runs of consecutive numbers of at most ``size`` (None: any)."""
+    chunks: List[List[int]] = []
+    for n in sorted(nums):
+        if chunks and n == chunks[-1][-1] + 1 and (size is None or len(chunks[-1]) < size):
+            chunks[-1].append(n)
+        else:
+            chunks.append([n])
+    return chunks
+
+
+def uses_submitit(config) -> bool:
+    return "submitit" in str(config.hydra.launcher.get("_target_", ""))
+
+
+def launch_jobs(launcher, config, sweep_dir: Path, jobs: Sequence[Job], all_overrides: Sequence[Sequence[str]],
+                validate=None) -> Dict[int, Any]:
+    """Launch ``jobs`` (one chunk of consecutive numbers) under their own numbers; job number ->
+    JobReturn. A launcher that raises for a failed job (submitit's ``results()``) loses no other
+    job's result: they are read back from the folders."""
+    batch = [list(j.overrides) for j in jobs]
+    if validate is not None:
+        validate(batch)
+    lines = JobLines(sweep_dir, jobs, all_overrides) if uses_submitit(config) else None
+    if lines:
+        lines.start()
+    returns: Dict[int, Any] = {}
+    try:
+        results = launcher.launch(batch, initial_job_idx=jobs[0].num)
+        returns = {j.num: r for j, r in zip(jobs, results)}
+    except Exception as e:  # noqa: BLE001 - submitit raises for the first failed job of the batch
+        log.debug("the launcher raised %s: the jobs' folders tell how each ended", e)
+    finally:
+        if lines:
+            lines.stop()
+    missing = [j.num for j in jobs if j.num not in returns]
+    if missing:
+        overrides = {j.num: j.overrides for j in jobs}
+        for j in _reread(sweep_dir, overrides, missing):
+            returns[j.num] = job_return(j)
+    return returns
+
+
+def report_failures(returns: Dict[int, Any]) -> List[int]:
+    """Log one line per failed job; their numbers."""
+    from hydra.core.utils import JobStatus
+
+    failed = []
+    for num in sorted(returns):
+        r = returns[num]
+        if r.status != JobStatus.COMPLETED:
+            failed.append(num)
+            log.error("job %d failed: %s (folder %s)", num, str(r._return_value).strip().splitlines()[-1]
+                      if str(r._return_value).strip() else type(r._return_value).__name__, r.working_dir)
+    return failed
+
+
+def sweep_grid(sweeper, arguments: List[str]) -> Any:
+    """:class:`hydra_plugins.minimind_sweepers.GridSweeper`'s ``sweep``: the BasicSweeper's jobs,
+    resumable. Returns the JobReturns (one list, by job number); exits 1 after the last job when
+    any job failed (the same command reruns them)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    config = sweeper.config
+    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
+    overrides = parser.parse_overrides(sweeper._parse_config() + list(arguments))
+    all_jobs = BasicSweeper.split_arguments(overrides, None)[0]
+    sweeper.overrides = BasicSweeper.split_arguments(overrides, sweeper.max_batch_size)
+    sweeper.batch_index = len(sweeper.overrides)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    relaunch = (sweep_dir / "multirun.yaml").is_file() or (sweep_dir.is_dir() and bool(job_dirs(sweep_dir)))
+    refuse_if_different(sweep_dir, all_jobs)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+
+    jobs = read_jobs(sweep_dir, all_jobs)
+    if relaunch:
+        say_states(sweep_dir, jobs)
+        jobs = wait_for_running(sweep_dir, jobs)
+    returns = {j.num: job_return(j) for j in jobs if j.state == "completed"}
+    todo = {j.num: j for j in jobs if j.state != "completed"}
+    for chunk in consecutive_chunks(sorted(todo), sweeper.max_batch_size):
+        returns.update(launch_jobs(sweeper.launcher, config, sweep_dir, [todo[n] for n in chunk], all_jobs,
+                                   sweeper.validate_batch_is_legal))
+    failed = report_failures(returns)
+    if failed:
+        log.error("%d of %d jobs failed (%s); after fixing the cause, the same command with "
+                  "hydra.sweep.dir=%s reruns only them", len(failed), len(all_jobs), _nums(failed), sweep_dir)
+        raise SystemExit(1)
+    return [[returns[n] for n in sorted(returns)]]
+
+
+class JobLines:
+    """Prints, from a thread of the launching process, each job's start and end as its folder
+    shows them (events.jsonl, summary.json): submitit's jobs write their output to files, so
+    without these lines a local sweep is silent for its whole run."""
+
+    def __init__(self, sweep_dir: Path, jobs: Sequence[Job], all_overrides: Sequence[Sequence[str]],
+                 poll_s: float = 1.0):
+        self.sweep_dir = sweep_dir
+        self.jobs = list(jobs)
+        keys = set(varying_keys([list(o) for o in all_overrides]))
+        self.label = {j.num: " ".join(o for o in j.overrides if split_override(o)[0] in keys) or "-" for j in jobs}
+        self.poll_s = poll_s
+        self.t0 = time.time()
+        self.started: Dict[int, float] = {}
+        self.ended: set = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweep-job-lines", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.poll()  # the ends the last interval missed
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001 - a progress line is never worth a crash
+                log.debug("job lines: %s", e)
+
+    def poll(self) -> None:
+        folders = job_dirs(self.sweep_dir)
+        for j in self.jobs:
+            folder = folders.get(j.num)
+            if folder is None or j.num in self.ended:
+                continue
+            events = [e for e in read_jsonl(folder / "events.jsonl") if (number(e.get("time")) or 0) >= self.t0]
+            if j.num not in self.started:
+                start = next((e for e in events if e.get("event") == "start"), None)
+                if start is None:
+                    continue
+                self.started[j.num] = number(start.get("time")) or time.time()
+                resumed = next((e for e in events if e.get("event") == "resume"), None)
+                how = f"resumes at step {resumed.get('step')}" if resumed else "from step 0"
+                log.info("job %d started (%s, %s steps): %s -> %s", j.num, how, start.get("total_steps"),
+                         self.label[j.num], folder)
+            end = next((e for e in reversed(events) if e.get("event") in TERMINAL), None)
+            if end is None:
+                continue
+            self.ended.add(j.num)
+            summary = read_json(folder / "summary.json") or {}
+            took = (number(end.get("time")) or time.time()) - self.started[j.num]
+            if end.get("event") == "completed":
+                result = number(summary.get("result"))
+                shown = f"{summary.get('result_metric', 'result')} {result:.4f}" if result is not None else "no result"
+                log.info("job %d completed in %.0f s: %s, %s steps", j.num, took, shown,
+                         summary.get("optimizer_steps"))
+            else:
+                log.info("job %d %s after %.0f s: %s", j.num, end.get("event"), took,
+                         end.get("error") or end.get("reason") or "see its train.log")
