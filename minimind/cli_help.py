@@ -17,7 +17,7 @@ from typing import Dict, List
 import yaml
 
 GROUP_ORDER = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "adapter",
-               "experiment")
+               "experiment", "hparams_search")
 _KNOB = re.compile(r"^([A-Za-z_][\w]*):\s*([^#\n]*?)\s*(?:#\s*(.*))?$")
 
 

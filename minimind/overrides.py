@@ -43,7 +43,8 @@ from minimind.config import (
     WandbConfig,
 )
 
-GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "adapter", "experiment")
+GROUPS = ("model", "optim", "precision", "data", "dist", "loop", "logger", "objective", "adapter", "experiment",
+          "hparams_search")
 _TYPE_NAMES = {"float": "a float", "int": "an integer", "bool": "true or false", "str": "a string"}
 
 

@@ -42,13 +42,11 @@ def _compose(overrides: List[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
-def expand(args: Sequence[str]):
-    """``(base config, job override lists, hydra overrides, swept keys)`` of ``launch.py -m args``: the
-    config composed with the overrides that are not sweeps (Hydra's own tree and the sweeper's
-    params included), the jobs in the BasicSweeper's order. Raises :class:`PlanError`."""
-    from omegaconf import OmegaConf
-
-    from minimind.report.hydra_sweep import expand_sweep, split_command_line
+def compose_command(args: Sequence[str]):
+    """``(base config, hydra overrides, task overrides)`` of ``launch.py -m args``: the config
+    composed with the overrides that are not sweeps (Hydra's own tree and the sweeper's params
+    included). Raises :class:`PlanError`."""
+    from minimind.report.hydra_sweep import split_command_line
     from minimind.report.reading import last_line
 
     args = [a for a in args if a not in ("-m", "--multirun")]
@@ -62,6 +60,18 @@ def expand(args: Sequence[str]):
         raise PlanError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors: their last line
         raise PlanError(last_line(e) or repr(e)) from None
+    return base, hydra_side, task
+
+
+def expand(args: Sequence[str], composed=None):
+    """``(base config, job override lists, hydra overrides, swept keys)`` of ``launch.py -m args``
+    (``composed``: what :func:`compose_command` returned for them), the jobs in the
+    BasicSweeper's order. Raises :class:`PlanError`."""
+    from omegaconf import OmegaConf
+
+    from minimind.report.hydra_sweep import expand_sweep
+
+    base, hydra_side, task = composed or compose_command(args)
     sweeper = OmegaConf.to_container(base.hydra.sweeper, resolve=False)
     try:
         jobs, swept, _ = expand_sweep({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})

@@ -78,8 +78,9 @@ def _size(base, jobs: int, env) -> Tuple[int, int]:
     omp = env.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         cpus = int(omp)  # it wins in every job: count what the jobs will use
-    return size_local(jobs, cores(), cpus, launcher.get("tasks_per_node") or 1,
-                      base.hydra.sweeper.get("max_batch_size"))
+    # the Optuna sweeper launches n_jobs trials at a time, the grid max_batch_size jobs
+    at_once = base.hydra.sweeper.get("n_jobs") if _is_optuna(base) else base.hydra.sweeper.get("max_batch_size")
+    return size_local(jobs, cores(), cpus, launcher.get("tasks_per_node") or 1, at_once)
 
 
 def local_sizing(base, jobs: int, env: Optional[Dict[str, str]] = None) -> str:
@@ -88,22 +89,38 @@ def local_sizing(base, jobs: int, env: Optional[Dict[str, str]] = None) -> str:
     return f"{min(at_once, jobs)} at a time x {cpus} thread(s) on {cores()} cores"
 
 
+def _is_optuna(base) -> bool:
+    return str(base.hydra.sweeper.get("_target_", "")).endswith(".OptunaSweeper")
+
+
 def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[str]:
     """The overrides to add to a ``-m`` command line (the sweep folder; for the local launcher
     the sizing), after printing the sweep's first line. Sets ``OMP_NUM_THREADS`` in ``env``
-    (default: this process's) for the local jobs. Raises :class:`PlanError` (one line)."""
+    (default: this process's) for the local jobs. Raises :class:`PlanError` (one line): for a
+    relaunch (``hydra.sweep.dir=`` given) whose job list differs from the sweep's too."""
+    from minimind.plan import compose_command
+
     env = os.environ if env is None else env
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     try:
-        base, jobs, hydra_side, _ = expand(overrides)
+        composed = compose_command(overrides)
+        base = composed[0]
+        study = _is_optuna(base)
+        if study:
+            n_trials, at_once = int(base.hydra.sweeper.n_trials), int(base.hydra.sweeper.n_jobs)
+            jobs: List[List[str]] = []
+        else:
+            base, jobs, _, _ = expand(overrides, composed)
+            n_trials = at_once = len(jobs)
     except PlanError:
         return []  # Hydra says what is wrong with it (or another sweeper runs it)
+    hydra_side = composed[1]
     extra: List[str] = []
     given = {o.split("=", 1)[0].lstrip("+") for o in hydra_side}
     sweep_dir = str(base.hydra.sweep.dir)
     if "hydra.sweep.dir" not in given:
         extra.append(override("hydra.sweep.dir", sweep_dir))
-    if "hydra.sweep.dir" in given:  # a relaunch: the same jobs or none (sweep_resume)
+    elif not study:  # a relaunch: the same jobs or none (sweep_resume)
         from pathlib import Path
 
         from minimind.sweep_resume import SweepMismatch, check_job_list
@@ -117,15 +134,18 @@ def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[s
     if _is_local(base):
         launcher = base.hydra.launcher
         n = cores()
-        at_once, cpus = _size(base, len(jobs), env)
-        if base.hydra.sweeper.get("max_batch_size") is None:
-            extra.append(f"hydra.sweeper.max_batch_size={at_once}")
+        at_once_local, cpus = _size(base, at_once, env)
+        if not study and base.hydra.sweeper.get("max_batch_size") is None:
+            extra.append(f"hydra.sweeper.max_batch_size={at_once_local}")
         if launcher.get("cpus_per_task") is None:
             extra.append(f"hydra.launcher.cpus_per_task={cpus}")
         env.setdefault("OMP_NUM_THREADS", str(cpus))
-        how = (f"local: {min(at_once, len(jobs))} at a time x {cpus} thread(s) on {n} cores "
+        how = (f"local: {min(at_once_local, at_once)} at a time x {cpus} thread(s) on {n} cores "
                "(os.sched_getaffinity)")
-    print(f"sweep: {len(jobs)} job{'s' if len(jobs) != 1 else ''} in {sweep_dir} ({how})", flush=True)
+    elif study and at_once > 1:
+        how = f"{at_once} trials at a time"
+    what = (f"Optuna study of {n_trials} trials" if study else f"{n_trials} job{'s' if n_trials != 1 else ''}")
+    print(f"sweep: {what} in {sweep_dir} ({how})", flush=True)
     return extra
 
 

@@ -297,17 +297,16 @@ def launch_jobs(launcher, config, sweep_dir: Path, jobs: Sequence[Job], all_over
     return returns
 
 
-def report_failures(returns: Dict[int, Any]) -> List[int]:
-    """Log one line per failed job; their numbers."""
+def report_failures(sweep_dir: Path, returns: Dict[int, Any]) -> List[int]:
+    """Log one line per failed job (its error, its folder); their numbers."""
     from hydra.core.utils import JobStatus
 
-    failed = []
-    for num in sorted(returns):
-        r = returns[num]
-        if r.status != JobStatus.COMPLETED:
-            failed.append(num)
-            log.error("job %d failed: %s (folder %s)", num, str(r._return_value).strip().splitlines()[-1]
-                      if str(r._return_value).strip() else type(r._return_value).__name__, r.working_dir)
+    failed = [num for num in sorted(returns) if returns[num].status != JobStatus.COMPLETED]
+    folders = job_dirs(sweep_dir) if failed and sweep_dir.is_dir() else {}
+    for num in failed:
+        error = str(returns[num]._return_value).strip()
+        log.error("job %d failed: %s (folder %s)", num, error.splitlines()[-1] if error else
+                  type(returns[num]._return_value).__name__, folders.get(num, "none"))
     return failed
 
 
@@ -340,7 +339,7 @@ def sweep_grid(sweeper, arguments: List[str]) -> Any:
     for chunk in consecutive_chunks(sorted(todo), sweeper.max_batch_size):
         returns.update(launch_jobs(sweeper.launcher, config, sweep_dir, [todo[n] for n in chunk], all_jobs,
                                    sweeper.validate_batch_is_legal))
-    failed = report_failures(returns)
+    failed = report_failures(sweep_dir, returns)
     if failed:
         log.error("%d of %d jobs failed (%s); after fixing the cause, the same command with "
                   "hydra.sweep.dir=%s reruns only them", len(failed), len(all_jobs), _nums(failed), sweep_dir)

@@ -153,8 +153,12 @@ def measure_distill(out: Path, runs: Path) -> dict:
     metrics = runs / "distill" / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+        evals = [r for r in rows if r.get("kind") == "eval"]
+        rows = [r for r in rows if "kind" not in r]  # the training rows; eval rows hold val_*
         res["logged"] = {"first": {k: rows[0][k] for k in ("step", "loss", "ce", "kl")},
                          "last": {k: rows[-1][k] for k in ("step", "loss", "ce", "kl")}}
+        if evals:
+            res["val"] = {k: evals[-1].get(k) for k in ("step", "val_loss", "val_ce", "val_kl")}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "heldout.jsonl")
         with open(path, "w", encoding="utf-8") as f:

@@ -4,7 +4,7 @@ Hydra instantiates sweepers only from the ``hydra_plugins`` namespace package, s
 classes live here and stay thin; what they do is in :mod:`minimind.sweep_resume` (the grid)
 and :mod:`minimind.sweep_study` (Optuna).
 
-* ``hydra/sweeper=grid`` (the default, ``conf/hydra/sweeper/grid.yaml``): Hydra's BasicSweeper
+* ``hydra/sweeper=basic`` (Hydra's default, here :class:`GridSweeper`): Hydra's BasicSweeper
   (the same jobs, the same numbers, the same ``max_batch_size`` batches) that, run again with
   ``hydra.sweep.dir=<that sweep>``, reads back the jobs that completed, waits for the ones still
   running (SLURM, or an orphaned local job), continues unfinished ones from their checkpoints,
@@ -18,10 +18,12 @@ start-up); without hydra-optuna-sweeper installed only the grid sweeper exists.
 """
 
 
-from typing import Any, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 
@@ -52,10 +54,6 @@ if _OptunaSweeper is not None:
 
     def _register() -> None:
         """``hydra/sweeper=optuna`` is this class, with the study in the sweep folder."""
-        from dataclasses import dataclass
-        from typing import Optional
-
-        from hydra.core.config_store import ConfigStore
         from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
         @dataclass
@@ -69,12 +67,23 @@ if _OptunaSweeper is not None:
 
 
 
-class ResumableOptunaConfig(SearchPathPlugin):
-    """Puts this project's ``hydra/sweeper=optuna`` in the ConfigStore after the plugin scan: the
-    scan runs every plugin module, hydra-optuna-sweeper's config module included, in path order,
-    so a registration at import could be overwritten by the plugin's own; search-path plugins are
-    called after the scan, before any config is composed (launch.py and the compose API alike)."""
+@dataclass
+class GridSweeperConf:
+    _target_: str = "hydra_plugins.minimind_sweepers.GridSweeper"
+    max_batch_size: Optional[int] = None  # jobs launched at a time (null: all)
+    params: Optional[Dict[str, str]] = None  # sweep parameters in the config: {optim.grad_clip: "0.3,1.0"}
+
+
+class MinimindSweeperConfigs(SearchPathPlugin):
+    """Stores this project's sweeper configs in the ConfigStore after the plugin scan:
+    ``hydra/sweeper/basic`` (Hydra's default, so that an ``override /hydra/sweeper: optuna`` in
+    ``conf/hparams_search/`` still wins over it: the primary config's own override would not let
+    it) and ``hydra/sweeper/optuna``. The scan re-runs every plugin module, Hydra's core ones and
+    hydra-optuna-sweeper's config included, in path order, so a registration at import would be
+    overwritten; search-path plugins are called after the scan and before any config is composed
+    (launch.py and the compose API alike)."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        ConfigStore.instance().store(group="hydra/sweeper", name="basic", node=GridSweeperConf, provider="minimind")
         if _OptunaSweeper is not None:
             _register()
