@@ -29,6 +29,8 @@ One module per concern:
 - ``submitit_files``: ``.submitit/<job id>/``, the only module that knows submitit's files and pickles
 - ``jobs``: one job's events, metrics and summary -> its row
 - ``update_step``: clipping, loss scale and tokens from a job's training rows; its paragraph
+- ``study``: the Optuna study a ``hydra/sweeper=optuna`` sweep keeps in its folder: trials ranked,
+  parameter importances (printed after the table, a section of report.md)
 - ``table``: the text table, the CSV and report.md; ``plotting``: the curves; ``cli``: the command
 - ``reading``: tolerant readers of half-written files, shared by the others
 

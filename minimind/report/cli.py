@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from minimind.report.plotting import DEFAULT_COLOR_BY, DEFAULT_SPLIT_BY, plot
 from minimind.report.reading import last_line
+from minimind.report.study import format_study, markdown, read_study
 from minimind.report.sweep import SweepError, collect
 from minimind.report.table import format_table, write_csv, write_markdown
 
@@ -41,6 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"minimind.report: error: {e}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    study = read_study(sweep)
+    if study is not None:
+        print(format_study(study))
     sys.stdout.flush()
     rc = 0
     csv_path = Path(args.csv) if args.csv else sweep / "report.csv"
@@ -52,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rc = 1
     md_path = Path(args.md) if args.md else sweep / "report.md"
     try:
-        write_markdown(rows, md_path, title=str(sweep))
+        write_markdown(rows, md_path, title=str(sweep), extra=markdown(study) if study else ())
         print(f"wrote {md_path}", file=sys.stderr)
     except OSError as e:
         print(f"minimind.report: error: cannot write {md_path}: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ or log fills in a job that never got as far as writing.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -121,7 +122,7 @@ def job_row(num: int, job_dir: Optional[Path], overrides: List[str], swept: List
     labels = label_keys(swept)
     row: Dict[str, Any] = {
         "job": num,
-        "overrides": " ".join(f"{labels[k]}={params[k]}" for k in swept if k in params),
+        "overrides": " ".join(f"{labels[k]}={short_value(params[k])}" for k in swept if k in params),
         "status": state + (f" (requeued {requeues}x)" if requeues else ""),
         "state": state,
         "requeues": requeues,
@@ -160,6 +161,14 @@ def _curve(metrics: List[Dict[str, Any]], key: str = "loss") -> List[Tuple[float
         if step is not None and loss is not None:
             points[step] = loss
     return sorted(points.items())
+
+
+def short_value(value: str) -> str:
+    """A value as the compact column shows it: a float an Optuna trial drew (0.10255552094216984)
+    to 4 significant digits (0.1026); anything else as written."""
+    if re.fullmatch(r"-?\d+\.\d{5,}(e-?\d+)?", value):
+        return f"{float(value):.4g}"
+    return value
 
 
 def label_keys(swept: Sequence[str]) -> Dict[str, str]:

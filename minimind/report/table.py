@@ -134,9 +134,10 @@ def write_csv(rows: Sequence[Dict[str, Any]], path: Any) -> Path:
     return path
 
 
-def write_markdown(rows: Sequence[Dict[str, Any]], path: Any, title: str = "") -> Path:
-    """report.md, for notes and PRs: the table as a markdown table, then per job a paragraph on
-    what the update step did (computed from its numbers, see :func:`update_step.describe`)."""
+def write_markdown(rows: Sequence[Dict[str, Any]], path: Any, title: str = "", extra: Sequence[str] = ()) -> Path:
+    """report.md, for notes and PRs: the table as a markdown table, then ``extra`` (markdown lines:
+    the Optuna study's section), then per job a paragraph on what the update step did (computed
+    from its numbers, see :func:`update_step.describe`)."""
     from minimind.report.update_step import describe
 
     path = Path(path)
@@ -153,7 +154,7 @@ def write_markdown(rows: Sequence[Dict[str, Any]], path: Any, title: str = "") -
     out.append("|" + "|".join("---:" if right else "---" for _, _, right in columns) + "|")
     out += ["| " + " | ".join(cell(fn(r)) for _, fn, _ in columns) + " |" for r in rows]
     out += ["", "clipped: share of logged steps whose pre-clip gradient norm exceeded the job's grad_clip; "
-                "tokens: input tokens seen.", "", "## What the update step did", ""]
+                "tokens: input tokens seen.", ""] + list(extra) + ["## What the update step did", ""]
     for r in rows:
         name = r["overrides"] or " ".join(r["all_overrides"]) or "-"
         text = describe(r)
