@@ -70,7 +70,9 @@ def main() -> None:
     """``minimind-train`` / ``python -m minimind``."""
     import hydra
 
-    import minimind.config  # noqa: F401 - registers the schema and the ${mm.*} resolvers
+    import minimind.config as mm_config  # registers the schema and the ${mm.*} resolvers
+
+    mm_config.find_sweepers()  # before Hydra's plugin scan
 
     conf = locate_conf()
     script = Path(sys.argv[0]).name

@@ -301,7 +301,26 @@ GROUP_SCHEMAS = {"model": ModelConfig, "optim": OptimConfig, "precision": Precis
                  "objective": ObjectiveConfig, "adapter": AdapterConfig}
 
 
+def find_sweepers() -> None:
+    """Make Hydra's plugin scan find ``hydra_plugins/minimind_sweepers`` from any folder.
+
+    A wheel installs it into site-packages, where the ``hydra_plugins`` namespace finds it. An
+    editable install (``pip install -e .``) maps it through setuptools' import hook, which the
+    scan (``pkgutil.walk_packages`` over the namespace's path) does not see, so outside the
+    checkout the sweepers would silently be Hydra's own; the checkout is added at the end of
+    ``sys.path`` for the namespace to include it (``launch.py`` has it first already)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "hydra_plugins" / "minimind_sweepers").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
 def register_configs() -> None:
+    """What Hydra's compose API needs before composing (tests, notebooks): the schema, the
+    ``${mm.*}`` resolvers, and this project's sweepers findable (:func:`find_sweepers`)."""
+    find_sweepers()
     register_resolvers()
     ConfigStore.instance().store(name="base_config", node=Config)
 

@@ -142,8 +142,12 @@ def prepare(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[s
         env.setdefault("OMP_NUM_THREADS", str(cpus))
         how = (f"local: {min(at_once_local, at_once)} at a time x {cpus} thread(s) on {n} cores "
                "(os.sched_getaffinity)")
+    elif str(base.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher"):
+        parallel = base.hydra.launcher.get("array_parallelism")
+        how = (f"SLURM: one job each, {min(at_once, parallel or at_once)} at a time at most"
+               + (f", {at_once} trials asked at a time" if study else ""))
     elif study and at_once > 1:
-        how = f"{at_once} trials at a time"
+        how = f"{at_once} trials asked at a time, run one after another in this process"
     what = (f"Optuna study of {n_trials} trials" if study else f"{n_trials} job{'s' if n_trials != 1 else ''}")
     print(f"sweep: {what} in {sweep_dir} ({how})", flush=True)
     return extra

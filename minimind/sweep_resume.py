@@ -26,6 +26,7 @@ No torch: the launching process only reads files and asks ``squeue``.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import threading
@@ -146,18 +147,25 @@ def live_slurm_jobs(sweep_dir: Path) -> Dict[int, str]:
     if not ids or shutil.which("squeue") is None:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%o"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("squeue did not answer (%s): the sweep's SLURM jobs count as not running", e)
         return {}
     if out.returncode != 0:
         log.warning("squeue failed (%s): the sweep's SLURM jobs count as not running", out.stderr.strip())
         return {}
-    states = dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+    # a job's command is its submission script in the sweep's submitit folder: a job id that a
+    # fresh cluster gave to another job (ids restart at 1) is not this sweep's
+    mine = str((sweep_dir / submitit_files.FOLDER).resolve())
+    states: Dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        parts = line.split("|", 2)
+        if len(parts) == 3 and (parts[2].startswith(mine) or not parts[2].startswith("/")):
+            states[parts[0].strip()] = parts[1].strip()
     live: Dict[int, str] = {}
     for job_id, num in sorted(ids.items()):
         if job_id in states:
-            live[num] = f"SLURM job {job_id} ({states[job_id].strip()})"
+            live[num] = f"SLURM job {job_id} ({states[job_id]})"
     return live
 
 
@@ -174,7 +182,8 @@ def read_job(num: int, overrides: List[str], folder: Optional[Path], live: Dict[
         return job
     busy = busy_message(folder)
     if busy:
-        job.state, job.detail = "running", busy
+        holder = re.search(r"in use by a live run \((pid \d+ on \S+, running since [^:]+:\d+:\d+)", busy)
+        job.state, job.detail = "running", f"its run folder is locked by {holder.group(1)}" if holder else busy
         return job
     job.summary = read_json(folder / "summary.json") or {}
     state, _, error, _ = _events_status(read_jsonl(folder / "events.jsonl"))
@@ -227,12 +236,17 @@ def wait_for_running(sweep_dir: Path, jobs: List[Job], poll_s: float = POLL_S) -
     if not waiting:
         return jobs
     log.info("waiting for job(s) %s, still running: they finish where they run", _nums(waiting))
-    while True:
-        again = {j.num: j for j in _reread(sweep_dir, overrides, waiting)}
-        waiting = [n for n, j in again.items() if j.state == "running"]
-        if not waiting:
-            break
-        time.sleep(poll_s)
+    lines = JobLines(sweep_dir, [j for j in jobs if j.num in waiting], [j.overrides for j in jobs], since=0.0)
+    lines.start()
+    try:
+        while True:
+            again = {j.num: j for j in _reread(sweep_dir, overrides, waiting)}
+            waiting = [n for n, j in again.items() if j.state == "running"]
+            if not waiting:
+                break
+            time.sleep(poll_s)
+    finally:
+        lines.stop()
     return _reread(sweep_dir, overrides, sorted(overrides))
 
 
@@ -263,6 +277,10 @@ def consecutive_chunks(nums: Sequence[int], size: Optional[int]) -> List[List[in
         else:
             chunks.append([n])
     return chunks
+
+
+def is_slurm(config) -> bool:
+    return str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher")
 
 
 def uses_submitit(config) -> bool:
@@ -333,12 +351,26 @@ def sweep_grid(sweeper, arguments: List[str]) -> Any:
     jobs = read_jobs(sweep_dir, all_jobs)
     if relaunch:
         say_states(sweep_dir, jobs)
-        jobs = wait_for_running(sweep_dir, jobs)
     returns = {j.num: job_return(j) for j in jobs if j.state == "completed"}
-    todo = {j.num: j for j in jobs if j.state != "completed"}
-    for chunk in consecutive_chunks(sorted(todo), sweeper.max_batch_size):
-        returns.update(launch_jobs(sweeper.launcher, config, sweep_dir, [todo[n] for n in chunk], all_jobs,
-                                   sweeper.validate_batch_is_legal))
+    running = [j for j in jobs if j.state == "running"]
+    todo = [j for j in jobs if j.state not in ("completed", "running")]
+
+    def run(batch: List[Job]) -> None:
+        by_num = {j.num: j for j in batch}
+        for chunk in consecutive_chunks(sorted(by_num), sweeper.max_batch_size):
+            returns.update(launch_jobs(sweeper.launcher, config, sweep_dir, [by_num[n] for n in chunk], all_jobs,
+                                       sweeper.validate_batch_is_legal))
+
+    def settle(waited: List[Job]) -> List[Job]:
+        again = wait_for_running(sweep_dir, waited)
+        returns.update({j.num: job_return(j) for j in again if j.state == "completed"})
+        return [j for j in again if j.state != "completed"]  # preempted, failed: launched
+
+    if running and not is_slurm(config):  # local jobs hold this machine's cores: wait first
+        todo, running = sorted(todo + settle(running), key=lambda j: j.num), []
+    run(todo)
+    if running:  # SLURM runs them elsewhere: the new jobs went first
+        run(settle(running))
     failed = report_failures(sweep_dir, returns)
     if failed:
         log.error("%d of %d jobs failed (%s); after fixing the cause, the same command with "
@@ -353,13 +385,16 @@ class JobLines:
     without these lines a local sweep is silent for its whole run."""
 
     def __init__(self, sweep_dir: Path, jobs: Sequence[Job], all_overrides: Sequence[Sequence[str]],
-                 poll_s: float = 1.0):
+                 poll_s: float = 1.0, since: Optional[float] = None):
         self.sweep_dir = sweep_dir
         self.jobs = list(jobs)
         keys = set(varying_keys([list(o) for o in all_overrides]))
         self.label = {j.num: " ".join(o for o in j.overrides if split_override(o)[0] in keys) or "-" for j in jobs}
         self.poll_s = poll_s
-        self.t0 = time.time()
+        # since: the events that count (default: from now); 0 for jobs waited on, whose start
+        # (before this process) is taken silently and whose end is said
+        self.t0 = time.time() if since is None else since
+        self.quiet_start = since is not None
         self.started: Dict[int, float] = {}
         self.ended: set = set()
         self._stop = threading.Event()
@@ -387,16 +422,18 @@ class JobLines:
             if folder is None or j.num in self.ended:
                 continue
             events = [e for e in read_jsonl(folder / "events.jsonl") if (number(e.get("time")) or 0) >= self.t0]
+            starts = [i for i, e in enumerate(events) if e.get("event") == "start"]
+            if not starts:
+                continue
+            first = events[starts[-1]]  # the attempt now running (a requeue starts another)
             if j.num not in self.started:
-                start = next((e for e in events if e.get("event") == "start"), None)
-                if start is None:
-                    continue
-                self.started[j.num] = number(start.get("time")) or time.time()
-                resumed = next((e for e in events if e.get("event") == "resume"), None)
-                how = f"resumes at step {resumed.get('step')}" if resumed else "from step 0"
-                log.info("job %d started (%s, %s steps): %s -> %s", j.num, how, start.get("total_steps"),
-                         self.label[j.num], folder)
-            end = next((e for e in reversed(events) if e.get("event") in TERMINAL), None)
+                self.started[j.num] = number(first.get("time")) or time.time()
+                if not self.quiet_start:
+                    resumed = starts[-1] > 0 and events[starts[-1] - 1].get("event") == "resume"
+                    how = f"resumes at step {first.get('step')}" if resumed else "from step 0"
+                    log.info("job %d started (%s of %s steps): %s -> %s", j.num, how, first.get("total_steps"),
+                             self.label[j.num], folder)
+            end = next((e for e in events[starts[-1] + 1:] if e.get("event") in TERMINAL), None)
             if end is None:
                 continue
             self.ended.add(j.num)
