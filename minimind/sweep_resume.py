@@ -68,29 +68,32 @@ def _overrides_on_disk(folder: Path) -> Optional[List[str]]:
     return [str(x) for x in data] if isinstance(data, list) else None
 
 
-def _show(overrides: Optional[Sequence[str]], other: Optional[Sequence[str]]) -> str:
-    """The overrides of one side of a difference, those the other side lacks."""
+def _show(overrides: Optional[Sequence[str]], other: Optional[Sequence[str]], common: frozenset = frozenset()) -> str:
+    """One side of a difference: its overrides that the other side lacks (and that not every job
+    shares)."""
     if overrides is None:
         return "(no such job)"
-    shown = [o for o in overrides if other is None or o not in other]
+    shown = [o for o in overrides if o not in common and (other is None or o not in other)]
     return " ".join(shown) or "(the same overrides in another order)"
 
 
 def differences(before: Sequence[Sequence[str]], now: Sequence[Sequence[str]], ordered: bool = True) -> List[str]:
     """``job N: <before> -> <now>`` for every job number whose overrides differ."""
+    lists = [set(x) for x in list(before) + list(now)]
+    common = frozenset(set.intersection(*lists)) if lists else frozenset()
     out = []
     for n in range(max(len(before), len(now))):
         a = list(before[n]) if n < len(before) else None
         b = list(now[n]) if n < len(now) else None
         same = a == b if ordered else (a is not None and b is not None and sorted(a) == sorted(b))
         if not same:
-            out.append(f"job {n}: {_show(a, b)} -> {_show(b, a)}")
+            out.append(f"job {n}: {_show(a, b, common)} -> {_show(b, a, common)}")
     return out
 
 
 def mismatch(sweep_dir: Path, what: str, diffs: List[str]) -> SweepMismatch:
     shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-    return SweepMismatch(f"hydra.sweep.dir={sweep_dir} holds {what} that differs from this command's: {shown}. "
+    return SweepMismatch(f"hydra.sweep.dir={sweep_dir} holds {what} that this command would change: {shown}. "
                          "Relaunch it with the overrides it was made with, or give a new hydra.sweep.dir")
 
 
@@ -203,7 +206,8 @@ def read_job(num: int, overrides: List[str], folder: Optional[Path], live: Dict[
     return job
 
 
-def read_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]], nums: Optional[Iterable[int]] = None) -> List[Job]:
+def read_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]],
+              nums: Optional[Iterable[int]] = None) -> List[Job]:
     """Every job's state (or those in ``nums``), in job-number order."""
     folders = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
     live = live_slurm_jobs(sweep_dir) if sweep_dir.is_dir() else {}

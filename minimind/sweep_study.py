@@ -50,7 +50,8 @@ def space_differences(study: Any, space: Dict[str, Any], fixed: Dict[str, Any]) 
     for t in study.get_trials(deepcopy=False):
         for name, dist in t.distributions.items():
             if name not in space:
-                diffs.append(f"{name} was searched over {dist}, now {'fixed at ' + str(fixed[name]) if name in fixed else 'not set'}")
+                now = f"fixed at {fixed[name]}" if name in fixed else "not set"
+                diffs.append(f"{name} was searched over {dist}, now {now}")
             elif space[name] != dist:
                 diffs.append(f"{name} was searched over {dist}, now over {space[name]}")
         for name in space:

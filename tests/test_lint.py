@@ -14,6 +14,6 @@ def test_ruff_is_clean():
                                                        capture_output=True).returncode != 0:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
-                        "minimind", "launch.py", "tests", "benchmarks", "scripts"],
+                        "minimind", "hydra_plugins", "launch.py", "tests", "benchmarks", "scripts"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -22,7 +22,8 @@ def expand_sweep(multirun: Dict[str, Any]) -> Tuple[List[List[str]], List[str], 
     hydra_node = (multirun or {}).get("hydra") or {}
     sweeper = hydra_node.get("sweeper") or {}
     target = str(sweeper.get("_target_") or "")
-    if target and not target.endswith((".BasicSweeper", ".GridSweeper")):  # GridSweeper: hydra_plugins/minimind_sweepers
+    # GridSweeper: the BasicSweeper that a relaunch continues (hydra_plugins/minimind_sweepers)
+    if target and not target.endswith((".BasicSweeper", ".GridSweeper")):
         raise ValueError(f"sweeper {target} is not Hydra's BasicSweeper")
     params = sweeper.get("params") or {}
     task = list((hydra_node.get("overrides") or {}).get("task") or [])
