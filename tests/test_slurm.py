@@ -224,3 +224,62 @@ def test_a_slurm_task_uses_the_cpus_it_was_given(monkeypatch):
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_killed_launcher_relaunch_waits_for_the_slurm_jobs_without_resubmitting(slurm, tmp_path):
+    """The launching process dies while SLURM runs the sweep's jobs; the same command again finds
+    them in squeue, submits none of them twice, waits, and reads their results: same job numbers,
+    every job trained once from step 0."""
+    from test_sweep_resume import start_sweep, starts_from_zero, wait_for
+
+    sweep = sweep_dir(tmp_path)
+    args = FAST + SLURM + ["loop.max_steps=600", "loop.save_interval=100", "loop.log_interval=50",
+                           "optim.grad_clip=0.5,1.0,2.0", f"hydra.sweep.dir={sweep}"]
+    proc = start_sweep(args, tmp_path, tmp_path / "first.log")
+    try:
+        wait_for(lambda: (sweep / "0" / "events.jsonl").is_file(), timeout=240)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    submitted = sorted(p.name for p in (sweep / ".submitit").iterdir())
+    r = run_launch(["-m"] + args, cwd=tmp_path, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "waited for, not submitted again" in out and "SLURM job " in out
+    assert "#0 :" not in out and "#1 :" not in out and "#2 :" not in out  # nothing launched again
+    assert sorted(p.name for p in (sweep / ".submitit").iterdir()) == submitted
+    assert [starts_from_zero(sweep / str(n)) for n in range(3)] == [1, 1, 1]
+    rows, _ = report(sweep)
+    assert [r["job"] for r in rows] == [0, 1, 2] and [r["state"] for r in rows] == ["completed"] * 3
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_optuna_study_on_slurm_killed_after_two_trials_ends_with_four(slurm, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from test_sweep_resume import start_sweep, starts_from_zero, wait_for
+
+    sweep = sweep_dir(tmp_path)
+    args = FAST + SLURM + ["hparams_search=clip_accum", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                           "loop.max_steps=200", "loop.save_interval=50", "loop.log_interval=50",
+                           "data.val_size=64", f"hydra.sweep.dir={sweep}"]
+    proc = start_sweep(args, tmp_path, tmp_path / "first.log")
+
+    def done(n):
+        path = sweep / str(n) / "summary.json"
+        return path.is_file() and json.loads(path.read_text()).get("status") == "completed"
+    try:
+        wait_for(lambda: done(0) and done(1), timeout=400)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    r = run_launch(["-m"] + args, cwd=tmp_path, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    trials = optuna.load_study(study_name="minimind", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+    assert [(t.number, t.state.name) for t in trials] == [(n, "COMPLETE") for n in range(4)]
+    for t in trials:
+        assert starts_from_zero(sweep / str(t.number)) == 1
+        assert json.loads((sweep / str(t.number) / "summary.json").read_text())["result"] == pytest.approx(t.value)
