@@ -139,10 +139,11 @@ def test_accumulation_k_by_b_pairs_equals_one_batch_of_k_times_b(cfg_factory, tm
     big.step(pairs_window(big, 1))
     assert acc.metrics.last.count == big.metrics.last.count == k * b  # pairs
     assert_grads_close(g_acc[0], g_big[0])
-    # Adam's first update is about lr * g / |g|: where a gradient is ~eps (rare embedding rows) the
-    # 1e-4 relative difference of the sums shows up magnified, still 100x below lr (1e-3)
+    # Adam's first update is about lr * g / (|g| + eps): where a gradient is ~eps (rare embedding
+    # rows) the 1e-4 relative difference of the sums shows up magnified: 2.7e-5 on an AVX-512/AMX
+    # Xeon (1e-5 on an AVX2 EPYC), still well below lr (1e-3); the gradients are compared above
     for (n, p), (_, q) in zip(acc.raw_model.named_parameters(), big.raw_model.named_parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-4, msg=lambda m: f"{n}: {m}")
 
 
 def test_fp16_overflow_skips_the_dpo_step_and_halves_the_scale(cfg_factory, tmp_path):
