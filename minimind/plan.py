@@ -88,7 +88,10 @@ def plan(args: Sequence[str]) -> Dict[str, Any]:
     from minimind.config import validate
     from minimind.report.reading import last_line
 
-    base, jobs, hydra_side, swept = expand(args)
+    composed = compose_command(args)
+    if str(composed[0].hydra.sweeper.get("_target_", "")).endswith(".OptunaSweeper"):
+        return study_plan(composed)
+    base, jobs, hydra_side, swept = expand(args, composed)
     sweep_dir = str(base.hydra.sweep.dir)  # resolved once, as Hydra does at launch
     launcher = OmegaConf.to_container(base.hydra.launcher, resolve=False)
     out = []
@@ -113,10 +116,49 @@ def plan(args: Sequence[str]) -> Dict[str, Any]:
             "resources": resources, "jobs": out, "swept": swept}
 
 
+def _resources(base) -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    launcher = OmegaConf.to_container(base.hydra.launcher, resolve=False)
+    target = str(launcher.get("_target_") or "")
+    return {k: launcher[k] for k in RESOURCE_KEYS if k in launcher} if "submitit" in target else {}
+
+
+def study_plan(composed) -> Dict[str, Any]:
+    """An Optuna study's trials are drawn while it runs: its plan is the search space, the fixed
+    overrides, how many trials, how many at a time, where the study and the trials' folders go."""
+    from omegaconf import OmegaConf
+
+    base, _, task = composed
+    sweeper = base.hydra.sweeper
+    sweep_dir = str(base.hydra.sweep.dir)
+    params = OmegaConf.to_container(sweeper.params, resolve=False) if sweeper.get("params") else {}
+    for o in task:  # the command line's sweeps join the space; the others are fixed
+        key, _, value = o.partition("=")
+        params.setdefault(key.lstrip("+"), value)
+    launcher = str(base.hydra.launcher.get("_target_") or "")
+    return {"study": True, "sweep_dir": sweep_dir, "launcher": launcher.rsplit(".", 1)[-1] or "BasicLauncher",
+            "resources": _resources(base), "params": {str(k): str(v) for k, v in params.items()},
+            "n_trials": int(sweeper.n_trials), "n_jobs": int(sweeper.n_jobs), "direction": str(sweeper.direction),
+            "storage": str(sweeper.storage), "study_name": str(sweeper.study_name), "jobs": []}
+
+
 def format_plan(p: Dict[str, Any]) -> str:
     """The table: job number, the swept overrides, the folder; the overrides every job shares,
-    the launcher and its per-job resources under it."""
+    the launcher and its per-job resources under it. For a study: its space and its numbers."""
     from minimind.report.reading import split_override
+
+    if p.get("study"):
+        width = max((len(k) for k in p["params"]), default=0)
+        lines = [f"Optuna study {p['study_name']!r} ({p['direction']}): {p['n_trials']} trials in all, "
+                 f"{p['n_jobs']} at a time; trial n runs in {p['sweep_dir']}/n; stored in {p['storage']}",
+                 "(the trials are drawn as the study runs; the same command with hydra.sweep.dir="
+                 f"{p['sweep_dir']} continues it)"]
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in p["params"].items()]
+        lines.append(f"launcher {p['launcher']}")
+        if p["resources"]:
+            lines.append("per trial: " + ", ".join(f"{k}={v}" for k, v in p["resources"].items()))
+        return "\n".join(lines)
 
     swept = set(p.get("swept") or [])
     jobs = p["jobs"]

@@ -96,3 +96,14 @@ def test_plan_matches_what_launch_m_launches(tmp_path):
     assert f"every job: {' '.join(shared)}\n" in listed.stdout
     multirun = yaml.safe_load((sweep / "multirun.yaml").read_text())
     assert multirun["hydra"]["overrides"]["task"] == FAST + GRID + ["loop.max_steps=2", "loop.log_interval=1"]
+
+
+def test_an_optuna_study_lists_its_space_not_jobs(capsys):
+    pytest.importorskip("optuna")
+    assert mplan.main(["-m", "hparams_search=clip_accum", "hydra.sweeper.n_trials=6", "loop.max_steps=40",
+                       "hydra.sweep.dir=/x/st"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("Optuna study 'minimind' (minimize): 6 trials in all, 1 at a time; trial n runs in /x/st/n; "
+                      "stored in sqlite:////x/st/optuna.db")
+    assert [line.split()[0] for line in out[2:5]] == ["optim.grad_clip", "optim.accumulation_steps", "hparams_search"]
+    assert "  loop.max_steps" in "\n".join(out) and out[-1] == "launcher BasicLauncher"
