@@ -108,7 +108,9 @@ def kill_and_resume(run: Path, args, cwd: Path, kills: int, rng: random.Random, 
         if done < kills:
             lines = metric_count(run)
             wait_for_lines(run, lines + 1 + rng.randrange(span), proc)
-            time.sleep(rng.uniform(0.0, 0.3))  # anywhere: mid-window, mid-save, between steps
+            # anywhere: mid-window, mid-save, between steps (a step of the tiny model takes 5-50 ms:
+            # a longer pause lets a fast machine run to the end before the kill)
+            time.sleep(rng.uniform(0.0, 0.05))
             if proc.poll() is None:
                 proc.kill()
                 done += 1
