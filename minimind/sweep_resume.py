@@ -221,7 +221,7 @@ def say_states(sweep_dir: Path, jobs: Sequence[Job]) -> None:
     for j in jobs:
         counts.setdefault(j.state, []).append(j.num)
     what = {"completed": "read back, not run again", "running": "waited for, not submitted again",
-            "unfinished": "continue from their checkpoints", "failed": "run again", "new": "start"}
+            "unfinished": "run again from their last checkpoint, if any", "failed": "run again", "new": "start"}
     parts = [f"{len(v)} {k} ({what[k]}: {_nums(v)})" for k, v in counts.items()]
     log.info("relaunch of %s: %s", sweep_dir, "; ".join(parts))
     for j in jobs:

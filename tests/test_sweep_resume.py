@@ -228,7 +228,7 @@ def test_killed_sweep_relaunched_completes_without_training_a_job_twice(tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout + r.stderr
     assert "relaunch of" in out and "1 completed (read back, not run again: 0)" in out
-    assert "1 unfinished (continue from their checkpoints: 1)" in out and "1 new (start: 2)" in out
+    assert "1 unfinished (run again from their last checkpoint, if any: 1)" in out and "1 new (start: 2)" in out
     assert (sweep / "0" / "events.jsonl").read_text() == job0_events  # not launched again
     resumed = [e for e in events(sweep / "1") if e["event"] == "resume"]
     assert len(resumed) == 1 and 100 <= resumed[0]["step"] < 1500
