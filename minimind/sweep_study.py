@@ -118,7 +118,7 @@ class ResumableStudy(OptunaSweeperImpl):
                  len(stored), self.n_trials, "/".join(directions), self.n_jobs)
 
         continue_rng(self.sampler, self.config.hydra.sweeper.get("sampler", {}).get("seed"), len(stored))
-        self._settle_cut_off(study, sweep_dir, fixed, directions)
+        self._settle_cut_off(study, sweep_dir, fixed, directions, space)
         while len(study.trials) < self.n_trials:
             batch = min(self.n_trials - len(study.trials), self.n_jobs)
             trials = [study.ask() for _ in range(batch)]
@@ -127,9 +127,18 @@ class ResumableStudy(OptunaSweeperImpl):
             self._run(study, sweep_dir, {t.number: t for t in trials}, jobs, directions)
         self._finish(study, sweep_dir, directions)
 
-    def _settle_cut_off(self, study: Any, sweep_dir: Path, fixed: Dict[str, Any], directions: List[str]) -> None:
+    def _settle_cut_off(self, study: Any, sweep_dir: Path, fixed: Dict[str, Any], directions: List[str],
+                        space: Dict[str, Any]) -> None:
         """Trials a killed launcher left RUNNING: finished from their job, or run again."""
-        cut = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+        cut = []
+        for t in study.get_trials(deepcopy=False):
+            if t.state != optuna.trial.TrialState.RUNNING:
+                continue
+            if set(space) - set(t.params):  # killed between ask() and the draws: nothing to rerun
+                log.info("trial %d was cut off before its parameters were drawn: told FAIL", t.number)
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            else:
+                cut.append(t)
         if not cut:
             return
         overrides = {t.number: trial_overrides(t, fixed) for t in cut}

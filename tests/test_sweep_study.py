@@ -165,3 +165,13 @@ def test_hparams_search_configs_compose_the_resumable_sweeper():
     assert set(compose(["hparams_search=update_step"], return_hydra_config=True).hydra.sweeper.params) == {
         "optim.lr", "optim.grad_clip", "optim.accumulation_steps", "optim.warmup_steps"}
     assert Path(compose([], return_hydra_config=True).hydra.sweeper._target_).suffix == ".GridSweeper"
+
+
+def test_a_trial_cut_off_before_its_draws_is_told_fail(tmp_path):
+    from minimind.sweep_study import ResumableStudy
+
+    study = optuna.create_study()
+    study.ask()  # the launcher died right after ask(): no parameters
+    space = {"optim.grad_clip": optuna.distributions.UniformDistribution(0.1, 2.0)}
+    ResumableStudy._settle_cut_off(None, study, tmp_path, {}, ["minimize"], space)
+    assert [t.state.name for t in study.trials] == ["FAIL"]
