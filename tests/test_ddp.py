@@ -111,6 +111,11 @@ for w in range(3):
 if tr.dist.is_main:
     json.dump(per_window, open(os.path.join(os.environ["OUT_DIR"], "allreduce.json"), "w"))
 tr.dist.destroy()
+# as train.run does: the DDP model goes, then the process groups; left to interpreter exit, the
+# gloo group's threads are destroyed unjoined ("terminate called without an active exception")
+del tr
+from minimind.dist import release_retired
+release_retired()
 '''
 
 
