@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from minimind.report import submitit_files
 from minimind.report.jobs import TERMINAL, _events_status
 from minimind.report.reading import load_yaml, number, read_json, read_jsonl, split_override
-from minimind.report.sweep import job_dirs, varying_keys
+from minimind.report.sweep import job_dirs, overrides_on_disk, varying_keys
 
 log = logging.getLogger("minimind.sweep")
 
@@ -58,14 +58,6 @@ class Job:
     detail: str = ""
     result: Any = None
     summary: Dict[str, Any] = field(default_factory=dict)
-
-
-def _overrides_on_disk(folder: Path) -> Optional[List[str]]:
-    try:
-        data = load_yaml(folder / ".hydra" / "overrides.yaml")
-    except Exception:  # noqa: BLE001 - missing or cut short: nothing to compare
-        return None
-    return [str(x) for x in data] if isinstance(data, list) else None
 
 
 def _show(overrides: Optional[Sequence[str]], other: Optional[Sequence[str]], common: frozenset = frozenset()) -> str:
@@ -123,7 +115,7 @@ def check_job_list(sweep_dir: Path, jobs: Sequence[Sequence[str]], ordered: bool
         folders = job_dirs(sweep_dir)
         diffs = []
         for num, folder in sorted(folders.items()):
-            on_disk = _overrides_on_disk(folder)
+            on_disk = overrides_on_disk(folder)
             if on_disk is None:
                 continue
             want = list(jobs[num]) if num < len(jobs) else None
@@ -146,8 +138,10 @@ def refuse_if_different(sweep_dir: Path, jobs: Sequence[Sequence[str]], ordered:
 def live_slurm_jobs(sweep_dir: Path) -> Dict[int, str]:
     """Job number -> ``"<SLURM id> (<state>)"`` for the sweep's jobs SLURM still has queued or
     running (the ids submitit's folder records, against ``squeue``); {} without SLURM."""
+    if not submitit_files.submitted_to_slurm(sweep_dir) or shutil.which("squeue") is None:
+        return {}  # local jobs (their ids are pids) are seen by their run folders' locks
     ids = submitit_files.job_ids(sweep_dir)
-    if not ids or shutil.which("squeue") is None:
+    if not ids:
         return {}
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%o"], capture_output=True, text=True, timeout=60)
@@ -206,9 +200,9 @@ def read_job(num: int, overrides: List[str], folder: Optional[Path], live: Dict[
     return job
 
 
-def read_jobs(sweep_dir: Path, job_overrides: Sequence[Sequence[str]],
-              nums: Optional[Iterable[int]] = None) -> List[Job]:
-    """Every job's state (or those in ``nums``), in job-number order."""
+def read_jobs(sweep_dir: Path, job_overrides, nums: Optional[Iterable[int]] = None) -> List[Job]:
+    """The state of the jobs in ``nums`` (default: every job), in job-number order;
+    ``job_overrides[n]`` is job n's override list (a list of lists, or a dict by job number)."""
     folders = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
     live = live_slurm_jobs(sweep_dir) if sweep_dir.is_dir() else {}
     wanted = range(len(job_overrides)) if nums is None else sorted(nums)
@@ -244,20 +238,14 @@ def wait_for_running(sweep_dir: Path, jobs: List[Job], poll_s: float = POLL_S) -
     lines.start()
     try:
         while True:
-            again = {j.num: j for j in _reread(sweep_dir, overrides, waiting)}
+            again = {j.num: j for j in read_jobs(sweep_dir, overrides, waiting)}
             waiting = [n for n, j in again.items() if j.state == "running"]
             if not waiting:
                 break
             time.sleep(poll_s)
     finally:
         lines.stop()
-    return _reread(sweep_dir, overrides, sorted(overrides))
-
-
-def _reread(sweep_dir: Path, overrides: Dict[int, List[str]], nums: Sequence[int]) -> List[Job]:
-    folders = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
-    live = live_slurm_jobs(sweep_dir) if sweep_dir.is_dir() else {}
-    return [read_job(n, overrides[n], folders.get(n), live) for n in nums]
+    return read_jobs(sweep_dir, overrides, sorted(overrides))
 
 
 def job_return(job: Job, task_name: str = "train"):
@@ -314,7 +302,7 @@ def launch_jobs(launcher, config, sweep_dir: Path, jobs: Sequence[Job], all_over
     missing = [j.num for j in jobs if j.num not in returns]
     if missing:
         overrides = {j.num: j.overrides for j in jobs}
-        for j in _reread(sweep_dir, overrides, missing):
+        for j in read_jobs(sweep_dir, overrides, missing):
             returns[j.num] = job_return(j)
     return returns
 

@@ -142,9 +142,7 @@ class ResumableStudy(OptunaSweeperImpl):
         if not cut:
             return
         overrides = {t.number: trial_overrides(t, fixed) for t in cut}
-        size = max(overrides) + 1
-        listed = [overrides.get(n, []) for n in range(size)]
-        jobs = sr.read_jobs(sweep_dir, listed, nums=sorted(overrides))
+        jobs = sr.read_jobs(sweep_dir, overrides, nums=sorted(overrides))
         sr.say_states(sweep_dir, jobs)
         jobs = sr.wait_for_running(sweep_dir, jobs)
         by_num = {t.number: t for t in cut}

@@ -264,39 +264,13 @@ def test_two_ddp_ranks_equal_one_process_for_dpo(tmp_path):
 
 
 PROBE = r'''
-import json, os, sys
-import torch
+import os, sys
 sys.path.insert(0, os.environ["TESTS_DIR"])
-from conftest import compose
-from minimind.train import build_trainer
+from ddp_probe import run
 from torch.utils.data import default_collate
 
-cfg = compose(sys.argv[1:] + ["dist=ddp", "optim.accumulation_steps=4", "data.batch_size=2",
-                              "dist.bucket_cap_mb=1000"])
-tr = build_trainer(cfg, os.environ["OUT_DIR"])
-tr.prepare(10)
-calls = []
-def counting_hook(state, bucket):
-    calls.append(1)
-    fut = torch.futures.Future()
-    t = bucket.buffer()
-    torch.distributed.all_reduce(t)
-    fut.set_result(t / torch.distributed.get_world_size())
-    return fut
-tr.update.ddp_model.register_comm_hook(None, counting_hook)
-ds, r, per_window = tr.batches.dataset, tr.dist.rank, []
-for w in range(2):
-    before = len(calls)
-    tr.step([default_collate(ds.__getitems__([(w * 8 + m * 2 + r) * 2 + i for i in range(2)])) for m in range(4)])
-    per_window.append(len(calls) - before)
-if tr.dist.is_main:
-    json.dump(per_window, open(os.path.join(os.environ["OUT_DIR"], "allreduce.json"), "w"))
-tr.dist.destroy()
-# as train.run does: the DDP model goes, then the process groups; left to interpreter exit, the
-# gloo group's threads are destroyed unjoined ("terminate called without an active exception")
-del tr
-from minimind.dist import release_retired
-release_retired()
+run(sys.argv[1:], 2, lambda ds, r, w: [default_collate(ds.__getitems__([(w * 8 + m * 2 + r) * 2 + i for i in range(2)]))
+                                       for m in range(4)])
 '''
 
 

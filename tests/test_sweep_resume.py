@@ -128,6 +128,8 @@ def test_live_slurm_jobs_from_squeue_and_the_submitit_folder(tmp_path, monkeypat
         "echo '7_2|RUNNING|/elsewhere/.submitit/.submission_file_3.sh'\n")
     (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert sr.live_slurm_jobs(sweep) == {}  # no sbatch script in the folder: local jobs (pids), not asked
+    (sweep / ".submitit" / ".submission_file_1.sh").write_text("#!/bin/sh\n")
     assert sr.live_slurm_jobs(sweep) == {0: "SLURM job 7_0 (COMPLETING)", 1: "SLURM job 9_0 (PENDING)"}
     states = sr.read_jobs(sweep, JOBS)
     assert [j.state for j in states] == ["running", "running", "new"]
@@ -288,7 +290,8 @@ def test_local_launcher_killed_relaunch_waits_for_its_jobs(tmp_path):
     the relaunch finds their folders locked, waits for them without starting them again, and
     then launches only the job that had not started."""
     sweep = tmp_path / "sw"
-    args = FAST + ["loop.max_steps=200", "loop.save_interval=50", "loop.log_interval=10",
+    # long enough (about 20 s here) that the relaunch finds jobs 0 and 1 still running
+    args = FAST + ["loop.max_steps=2000", "loop.save_interval=500", "loop.log_interval=100",
                    "optim.grad_clip=0.5,1.0,2.0", "hydra/launcher=local", "hydra.sweeper.max_batch_size=2",
                    "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}"]
     proc = start_sweep(args, tmp_path, tmp_path / "first.log")

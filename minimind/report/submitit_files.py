@@ -204,6 +204,14 @@ def _submitted_job_num(folder: Path, job_id: str) -> Optional[int]:
     return None
 
 
+def submitted_to_slurm(sweep: Path) -> bool:
+    """Whether submitit sent any of the sweep's jobs to sbatch: its SLURM executor leaves the
+    submission script (``.submission_file_<uuid>.sh``, kept as a link when moved into the job's
+    folder as ``<id>_submission.sh``); the local executor writes none."""
+    root = sweep / FOLDER
+    return root.is_dir() and (any(root.glob(".submission_file_*.sh")) or any(root.glob("*/*_submission.sh")))
+
+
 def job_ids(sweep: Path) -> Dict[str, int]:
     """SLURM / local job id -> Hydra job number, for every job submitit's folder records (a job
     relaunched into the sweep has several ids), from each ``<job id>_submitted.pkl``."""

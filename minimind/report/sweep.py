@@ -107,7 +107,7 @@ def collect(sweep_dir: Any) -> List[Dict[str, Any]]:
     nums = sorted(set(range(len(expected))) | set(dirs) | ({n for n in subs if n < len(expected)}
                                                              if expected else set(subs)))
     if not swept:  # not expandable: the keys whose values differ between jobs
-        swept = varying_keys([_overrides_on_disk(dirs.get(n)) for n in nums])
+        swept = varying_keys([overrides_on_disk(dirs.get(n)) or [] for n in nums])
     rows = []
     for n in nums:
         overrides = expected[n] if n < len(expected) else []
@@ -115,14 +115,15 @@ def collect(sweep_dir: Any) -> List[Dict[str, Any]]:
     return rows
 
 
-def _overrides_on_disk(job_dir: Optional[Path]) -> List[str]:
+def overrides_on_disk(job_dir: Optional[Path]) -> Optional[List[str]]:
+    """The job's ``.hydra/overrides.yaml``; None when there is none (or it cannot be read)."""
     if job_dir is None:
-        return []
+        return None
     try:
         data = load_yaml(job_dir / ".hydra" / "overrides.yaml")
-    except Exception:  # noqa: BLE001
-        return []
-    return [str(x) for x in data] if isinstance(data, list) else []
+    except Exception:  # noqa: BLE001 - missing or cut short
+        return None
+    return [str(x) for x in data] if isinstance(data, list) else None
 
 
 def varying_keys(override_lists: List[List[str]]) -> List[str]:
